@@ -93,7 +93,9 @@ def test_prompted_eager_equals_sdpa(tiny_clip_dir, padded):
                 atol=1e-5,
                 rtol=1e-5,
             )
-        torch.testing.assert_close(eager.encode_image(images()), sdpa.encode_image(images()), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            eager.encode_image(images()), sdpa.encode_image(images()), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_text_attention_is_causal_with_prompts(tiny_clip_dir, padded):
@@ -130,7 +132,9 @@ def test_deeper_prompts_matter(tiny_clip_dir, padded):
     with torch.no_grad():
         deep.text_prompts.tokens[0] = shallow.text_prompts.tokens[0]
         deep.vision_prompts.tokens[0] = shallow.vision_prompts.tokens[0]
-        assert not torch.allclose(deep.encode_text(padded["input_ids"]), shallow.encode_text(padded["input_ids"]))
+        assert not torch.allclose(
+            deep.encode_text(padded["input_ids"]), shallow.encode_text(padded["input_ids"])
+        )
         assert not torch.allclose(deep.encode_image(images()), shallow.encode_image(images()))
 
 
@@ -138,9 +142,13 @@ def test_tokens_after_eos_change_nothing(tiny_clip_dir, padded):
     model = prompted(tiny_clip_dir, text_prompt_length=4)
     ids, mask = padded["input_ids"], padded["attention_mask"]
     noisy = ids.clone()
-    noisy[mask == 0] = torch.randint(1, 300, (int((mask == 0).sum()),), generator=torch.Generator().manual_seed(0))
+    noisy[mask == 0] = torch.randint(
+        1, 300, (int((mask == 0).sum()),), generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_text(ids, mask), model.encode_text(noisy, mask), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            model.encode_text(ids, mask), model.encode_text(noisy, mask), atol=1e-6, rtol=1e-6
+        )
 
 
 def test_frozen_encoders_give_every_prompt_a_gradient_and_no_weight_one(tiny_clip_dir, padded):
@@ -204,12 +212,16 @@ def test_state_dict_round_trip_reproduces_features(tiny_clip_dir, padded):
     other.load_state_dict(model.state_dict())
     pixels = images(96, 32)
     with torch.no_grad():
-        torch.testing.assert_close(other.encode_text(padded["input_ids"]), model.encode_text(padded["input_ids"]))
+        torch.testing.assert_close(
+            other.encode_text(padded["input_ids"]), model.encode_text(padded["input_ids"])
+        )
         torch.testing.assert_close(other.encode_image(pixels), model.encode_image(pixels))
 
 
 def test_loads_from_a_saved_directory(tiny_clip_dir, padded):
-    model = PromptedCLIP(str(tiny_clip_dir), text_prompt_length=0, vision_prompt_length=0, image_size=None).eval()
+    model = PromptedCLIP(
+        str(tiny_clip_dir), text_prompt_length=0, vision_prompt_length=0, image_size=None
+    ).eval()
     reference = load_clip(tiny_clip_dir, "sdpa")
     with torch.no_grad():
         torch.testing.assert_close(

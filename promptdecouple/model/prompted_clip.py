@@ -76,7 +76,9 @@ class PromptedCLIP(nn.Module):
         """Width of the projected features."""
         return self.clip.config.projection_dim
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Projected EOS features `(B, projection_dim)`, not normalised."""
         text = self.clip.text_model
         n = self.text_prompts.length
@@ -91,7 +93,7 @@ class PromptedCLIP(nn.Module):
             config=text.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None
         )
         for index, layer in enumerate(text.encoder.layers):
-            if 0 < index:
+            if index > 0:
                 prompts = self.text_prompts.at_layer(index, batch, hidden.dtype)
                 if prompts is not None:
                     hidden = _put_prompts(hidden, prompts, replace=n)
@@ -121,7 +123,7 @@ class PromptedCLIP(nn.Module):
             hidden = _put_prompts(hidden, self.vision_prompts.at_layer(0, batch, hidden.dtype), replace=0)
         hidden = vision.pre_layrnorm(hidden)
         for index, layer in enumerate(vision.encoder.layers):
-            if 0 < index:
+            if index > 0:
                 prompts = self.vision_prompts.at_layer(index, batch, hidden.dtype)
                 if prompts is not None:
                     hidden = _put_prompts(hidden, prompts, replace=n)
@@ -132,9 +134,15 @@ class PromptedCLIP(nn.Module):
         """Recompute each CLIP layer's activations in backward (less memory, about a third more compute)."""
         # transformers renamed gradient_checkpointing_* to activation_checkpointing_* during 5.x.
         if hasattr(self.clip, "activation_checkpointing_enable"):
-            enable, disable = self.clip.activation_checkpointing_enable, self.clip.activation_checkpointing_disable
+            enable, disable = (
+                self.clip.activation_checkpointing_enable,
+                self.clip.activation_checkpointing_disable,
+            )
         else:
-            enable, disable = self.clip.gradient_checkpointing_enable, self.clip.gradient_checkpointing_disable
+            enable, disable = (
+                self.clip.gradient_checkpointing_enable,
+                self.clip.gradient_checkpointing_disable,
+            )
         if enabled:
             enable({"use_reentrant": False})
         else:
