@@ -52,7 +52,7 @@ class PromptedCLIP(nn.Module):
             raise TypeError(
                 f"clip must be a hub name, a directory or a transformers.CLIPModel, got {type(clip).__name__}"
             )
-        self.clip = clip
+        self.clip = clip.train()  # from_pretrained returns eval mode; a fresh nn.Module trains
         text_layers = len(clip.text_model.encoder.layers)
         vision_layers = len(clip.vision_model.encoder.layers)
         self.text_prompts = DeepPrompts(

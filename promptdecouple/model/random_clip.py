@@ -28,9 +28,9 @@ khaki shirt t-shirt tshirt top jacket coat sweater hoodie vest blouse dress skir
 trousers jeans leggings shoes sneakers boots sandals heels socks hat cap helmet hood glasses
 sunglasses mask scarf bag backpack handbag purse shoulder satchel suitcase umbrella bottle phone
 striped stripes plaid checked dotted patterned plain solid logo print sleeve sleeves sleeveless
-short-sleeved long-sleeved collar zipper buttons belt waist knee length ankle pair also appears
+short-sleeved long-sleeved sleeved collar zipper buttons belt waist knee length ankle pair also appears
 seems looks has her hand hands arm arms left right side back front over under around behind
-ponytail bun curly straight bald shoulder-length tied loose wavy camera away toward towards street
+ponytail bun curly straight bald shoulder-length length tied loose wavy camera away toward towards street
 road sidewalk colored coloured bright pale deep jeans tank denim leather cotton wool image picture
 photo
 """
@@ -64,22 +64,32 @@ def build_clip_tokenizer(words: str | list[str] = DESCRIPTION_WORDS) -> CLIPToke
         words = words.split()
     byte_symbols = list(_byte_to_unicode().values())
     vocab_list = byte_symbols + [s + "</w>" for s in byte_symbols]
-    known = set(vocab_list)
-    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in dict.fromkeys(w.lower() for w in words):
         symbols = [_byte_to_unicode()[b] for b in word.encode("utf-8")]
         symbols[-1] += "</w>"
-        merged = symbols[0]
-        for symbol in symbols[1:]:
-            pair = (merged, symbol)
-            merged += symbol
-            if merged not in known:
-                known.add(merged)
-                vocab_list.append(merged)
-                merges.append(pair)
+        # Add merges until BPE, replaying every merge so far, turns the word into one token.
+        while len(pieces := _apply_bpe(symbols, ranks)) > 1:
+            ranks[(pieces[0], pieces[1])] = len(ranks)
+            vocab_list.append(pieces[0] + pieces[1])
+    merges = list(ranks)
     vocab_list += [BOS_TOKEN, EOS_TOKEN]
     vocab = {token: index for index, token in enumerate(vocab_list)}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _apply_bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding as CLIP's tokenizer applies it: merge the lowest-ranked pair until none applies."""
+    symbols = list(symbols)
+    while len(symbols) > 1:
+        pairs = [
+            (ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:], strict=False))
+        ]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+    return symbols
 
 
 def write_random_clip(
