@@ -1,0 +1,45 @@
+"""Data: the three TIReID benchmarks as downloaded, their synthetic twin, and the DataModule."""
+
+from promptdecouple.data.annotations import (
+    DATASETS,
+    AnnotationError,
+    AnnotationProblem,
+    DatasetLayout,
+    dataset_layout,
+    load_annotations,
+    read_annotations,
+)
+from promptdecouple.data.datamodule import TIReIDDataModule
+from promptdecouple.data.datasets import (
+    BatchCollator,
+    GalleryImages,
+    QueryCaptions,
+    TrainingPairs,
+    tokenize_captions,
+)
+from promptdecouple.data.samplers import IdentityBatchSampler
+from promptdecouple.data.synthetic import write_synthetic
+from promptdecouple.data.transforms import CLIP_MEAN, CLIP_STD, ImageDecodeError, ImageTransform, load_image
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DATASETS",
+    "AnnotationError",
+    "AnnotationProblem",
+    "BatchCollator",
+    "DatasetLayout",
+    "GalleryImages",
+    "IdentityBatchSampler",
+    "ImageDecodeError",
+    "ImageTransform",
+    "QueryCaptions",
+    "TIReIDDataModule",
+    "TrainingPairs",
+    "dataset_layout",
+    "load_annotations",
+    "load_image",
+    "read_annotations",
+    "tokenize_captions",
+    "write_synthetic",
+]

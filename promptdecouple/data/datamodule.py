@@ -1,0 +1,327 @@
+"""TIReIDDataModule: CUHK-PEDES, ICFG-PEDES or RSTPReid, from the download folder to batches."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from promptdecouple.data.annotations import dataset_layout, read_annotations
+from promptdecouple.data.datasets import (
+    BatchCollator,
+    GalleryImages,
+    QueryCaptions,
+    TrainingPairs,
+    tokenize_captions,
+)
+from promptdecouple.data.samplers import IdentityBatchSampler
+from promptdecouple.data.transforms import ImageTransform
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+EVAL_SPLITS = ("val", "test")
+MISSING_SHOWN = 5
+
+
+class TIReIDDataModule(L.LightningDataModule):
+    """Training pairs and evaluation (query captions, gallery images) for one TIReID benchmark.
+
+    Args:
+        dataset: ``"cuhk-pedes"``, ``"icfg-pedes"`` or ``"rstpreid"``.
+        root: the dataset folder as downloaded (annotation JSON and ``imgs/``).
+        tokenizer: Hugging Face hub name or local directory of the tokenizer (the CLIP's).
+        image_size: (height, width) of the model input.
+        text_length: tokens per caption, padded and truncated (EOS kept last).
+        batch_size: training batch size (per process under DDP).
+        eval_batch_size: evaluation batch size; None: same as `batch_size`.
+        num_workers: DataLoader worker processes.
+        eval_split: the split `val_dataloader` evaluates: ``"val"`` or ``"test"``. ICFG-PEDES has no
+            val split: choose ``"test"`` (as IRRA does; model selection then sees the test set) or
+            hold out training identities with `holdout_identities`.
+        holdout_identities: if > 0, this many training identities (drawn with `seed`) leave the
+            training set and form the ``"val"`` split. Only for datasets without a val split.
+        augment: training augmentation on/off; `flip`, `pad_crop`, `random_erasing` pick which.
+        sampler: ``"random"`` (shuffled pairs) or ``"identity"`` (P x K identity-balanced batches,
+            K = `instances_per_identity`, P = `batch_size` / K; DDP-aware).
+        instances_per_identity: K of the identity sampler.
+        seed: seed of the identity sampler's epochs and of the held-out identities.
+        pin_memory: pin host memory for faster GPU copies; None: when CUDA is available.
+        check_images: at `setup`, check that every image file of the splits in use exists.
+
+    `num_classes` (training identities) can be read right after construction: it reads the
+    annotations once (LightningCLI links it into the model before `setup`).
+    Training batches: `pixel_values` float (B, 3, H, W), `input_ids`, `attention_mask` long (B, L),
+    `pids` long labels 0..C-1, `index`. `val_dataloader`/`test_dataloader` return
+    ``[queries, gallery]``: query batches hold `input_ids`, `attention_mask`, raw `pids` and `index`
+    (position in `eval_set(split)[0]`); gallery batches `pixel_values`, raw `pids`, `index`.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        root: str | Path,
+        tokenizer: str,
+        image_size: tuple[int, int] = (384, 128),
+        text_length: int = 77,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        eval_split: Literal["val", "test"] = "val",
+        holdout_identities: int = 0,
+        augment: bool = True,
+        flip: bool = True,
+        pad_crop: bool = True,
+        random_erasing: bool = True,
+        sampler: Literal["random", "identity"] = "random",
+        instances_per_identity: int = 4,
+        seed: int = 0,
+        pin_memory: bool | None = None,
+        check_images: bool = True,
+    ):
+        super().__init__()
+        self.layout = dataset_layout(dataset)
+        if eval_split not in EVAL_SPLITS:
+            raise ValueError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {eval_split!r}")
+        if holdout_identities < 0:
+            raise ValueError(f"holdout_identities must be >= 0, got {holdout_identities}")
+        if "val" not in self.layout.splits and eval_split == "val" and not holdout_identities:
+            raise ValueError(
+                f"{self.layout.title} has no val split (its annotations have only "
+                f"{' and '.join(self.layout.splits)}). Set eval_split='test' to validate on the test split "
+                "(as IRRA does, so model selection sees the test set), or holdout_identities=N to hold out N "
+                "training identities as a val split."
+            )
+        if "val" in self.layout.splits and holdout_identities:
+            raise ValueError(
+                f"{self.layout.title} has its own val split; holdout_identities is for datasets without one"
+            )
+        if sampler not in ("random", "identity"):
+            raise ValueError(f"sampler must be 'random' or 'identity', got {sampler!r}")
+        if sampler == "identity" and (instances_per_identity < 1 or batch_size % instances_per_identity):
+            raise ValueError(
+                f"sampler='identity' needs batch_size ({batch_size}) to be a multiple of "
+                f"instances_per_identity ({instances_per_identity})"
+            )
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise ValueError(f"image_size must be (height, width), got {image_size!r}")
+        for name, value in (("batch_size", batch_size), ("text_length", text_length)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        self.dataset = self.layout.name
+        self.root = Path(root).expanduser()
+        self.tokenizer_name = str(tokenizer)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.text_length = text_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.eval_split = eval_split
+        self.holdout_identities = holdout_identities
+        self.sampler = sampler
+        self.instances_per_identity = instances_per_identity
+        self.seed = seed
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.check_images = check_images
+        self.train_transform = ImageTransform(
+            self.image_size, train=augment, flip=flip, pad_crop=pad_crop, random_erasing=random_erasing
+        )
+        self.eval_transform = ImageTransform(self.image_size)
+        self._tokenizer = None
+        self._datasets: dict[str, object] = {}
+
+    # ---- annotations: read once, on first use ----
+
+    @cached_property
+    def annotations(self) -> pd.DataFrame:
+        """All captions (`read_annotations`), with the held-out identities moved to split ``"val"``."""
+        table = read_annotations(self.layout.name, self.root)
+        if self.holdout_identities:
+            train_pids = np.unique(table.loc[table["split"] == "train", "pid"])
+            if self.holdout_identities >= len(train_pids):
+                raise ValueError(
+                    f"holdout_identities={self.holdout_identities} leaves no training identity "
+                    f"({len(train_pids)} in the train split)"
+                )
+            held_out = np.random.default_rng(self.seed).choice(
+                train_pids, self.holdout_identities, replace=False
+            )
+            moved = (table["split"] == "train") & table["pid"].isin(held_out)
+            table = table.assign(split=table["split"].where(~moved, "val"))
+        return table
+
+    @cached_property
+    def train_pids(self) -> np.ndarray:
+        """The raw ids of the training identities, sorted: label `i` is identity `train_pids[i]`."""
+        return np.unique(self.annotations.loc[self.annotations["split"] == "train", "pid"].to_numpy())
+
+    @property
+    def num_classes(self) -> int:
+        """Number of training identities (the identity classifier's classes)."""
+        return len(self.train_pids)
+
+    def split(self, name: str) -> pd.DataFrame:
+        """The captions of split `name`, with a clear error if the annotations have none."""
+        rows = self.annotations[self.annotations["split"] == name].reset_index(drop=True)
+        if rows.empty:
+            found = ", ".join(sorted(self.annotations["split"].unique())) or "none"
+            raise ValueError(
+                f"{self.layout.title} annotations under {self.root} have no {name!r} entries "
+                f"(splits found: {found})"
+            )
+        return rows
+
+    def eval_set(self, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(queries, gallery) of `split`, row `i` = item `index == i` of the matching loader.
+
+        Queries: one row per caption (`pid, image_id, image_path, caption`); gallery: one row per
+        image (`pid, image_id, image_path`), in order of first appearance.
+        """
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+        rows = self.split(split)
+        queries = rows[["pid", "image_id", "image_path", "caption"]].reset_index(drop=True)
+        gallery = rows.drop_duplicates("image_id")[["pid", "image_id", "image_path"]].reset_index(drop=True)
+        return queries, gallery
+
+    # ---- Lightning hooks ----
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets the stage needs; finds missing images and splits now, not mid-epoch."""
+        splits = {
+            "fit": ["train", self.eval_split],
+            "validate": [self.eval_split],
+            "test": ["test"],
+            "predict": [],
+            None: ["train", self.eval_split, "test"],
+        }[stage]
+        self._build(splits)
+
+    def _build(self, splits: list[str]) -> None:
+        splits = [s for s in dict.fromkeys(splits) if s not in self._datasets]
+        if not splits:
+            return
+        tables = {name: self.split(name) for name in splits}
+        if self.check_images:
+            self._check_images(tables)
+        for name, rows in tables.items():
+            tokens = tokenize_captions(self.tokenizer, rows["caption"].tolist(), self.text_length)
+            if name == "train":
+                labels = np.searchsorted(self.train_pids, rows["pid"].to_numpy())
+                self._datasets[name] = TrainingPairs(
+                    rows["image_path"].to_numpy(), labels, tokens, self.train_transform
+                )
+            else:
+                _, gallery = self.eval_set(name)
+                self._datasets[name] = (
+                    QueryCaptions(rows["pid"].to_numpy(), tokens),
+                    GalleryImages(
+                        gallery["image_path"].to_numpy(), gallery["pid"].to_numpy(), self.eval_transform
+                    ),
+                )
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The Hugging Face tokenizer named by `tokenizer` (loaded once)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
+        return self._tokenizer
+
+    def train_dataset(self) -> TrainingPairs:
+        """The training pairs (built on first use if `setup` has not run)."""
+        self._build(["train"])
+        return self._datasets["train"]
+
+    def eval_datasets(self, split: str) -> tuple[QueryCaptions, GalleryImages]:
+        """(queries, gallery) datasets of `split`, in the order of `eval_set(split)`."""
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+        self._build([split])
+        return self._datasets[split]
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training pairs in full batches (identity-balanced with ``sampler="identity"``)."""
+        dataset = self.train_dataset()
+        common = dict(
+            num_workers=self.num_workers,
+            collate_fn=BatchCollator(self.train_transform),
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+        if self.sampler == "identity":
+            num_replicas, rank = self._distributed()
+            # Under DDP Lightning replaces `sampler` with its own DistributedSampler (same rank and
+            # world size) and calls its set_epoch; IdentityBatchSampler reads both from it.
+            where = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+            batches = IdentityBatchSampler(
+                where,
+                self.batch_size,
+                drop_last=True,
+                pids=dataset.labels.numpy(),
+                instances_per_identity=self.instances_per_identity,
+                seed=self.seed,
+            )
+            return DataLoader(dataset, batch_sampler=batches, **common)
+        if len(dataset) < self.batch_size:
+            raise ValueError(
+                f"the training split has {len(dataset)} (image, caption) pairs, fewer than batch_size="
+                f"{self.batch_size}: lower batch_size"
+            )
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, **common)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """``[queries, gallery]`` of `eval_split`, in order."""
+        return self._eval_loaders(self.eval_split)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """``[queries, gallery]`` of the test split, in order."""
+        return self._eval_loaders("test")
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        return [
+            DataLoader(
+                dataset,
+                batch_size=self.eval_batch_size,
+                shuffle=False,
+                num_workers=self.num_workers,
+                collate_fn=BatchCollator(self.eval_transform),
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
+            for dataset in self.eval_datasets(split)
+        ]
+
+    # ---- helpers ----
+
+    def _distributed(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.world_size, trainer.global_rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def _check_images(self, tables: dict[str, pd.DataFrame]) -> None:
+        paths = pd.unique(pd.concat([rows["image_path"] for rows in tables.values()]))
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if missing:
+            shown = "\n  ".join(missing[:MISSING_SHOWN])
+            more = f"\n  ... and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
+            annotation_file = self.layout.annotation_file(self.root)
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(paths)} images listed in {annotation_file} "
+                f"({', '.join(tables)} splits) are missing:\n  {shown}{more}\n"
+                f"Expected layout: {self.layout.folders}; `promptdecouple data check --dataset "
+                f"{self.layout.name} --root {self.root}` lists them all."
+            )

@@ -1,0 +1,328 @@
+"""TIReIDDataModule: batches, evaluation coverage, splits, early errors, Lightning and DDP."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from promptdecouple.data.annotations import read_annotations
+from promptdecouple.data.datamodule import TIReIDDataModule
+from promptdecouple.data.synthetic import write_synthetic
+from promptdecouple.data.transforms import CLIP_MEAN, CLIP_STD
+
+SIZE = (64, 32)
+
+
+@pytest.fixture(scope="module")
+def rstp_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rstp")
+    write_synthetic(
+        root,
+        "rstpreid",
+        num_identities=16,
+        images_per_identity=3,
+        image_size=SIZE,
+        split_fractions=(0.5, 0.25, 0.25),
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def icfg_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("icfg")
+    write_synthetic(
+        root, "icfg-pedes", num_identities=12, images_per_identity=2, captions_per_image=1, image_size=SIZE
+    )
+    return root
+
+
+def make(root, tokenizer, dataset="rstpreid", **kwargs):
+    options = dict(image_size=SIZE, batch_size=8, num_workers=0, text_length=24)
+    options.update(kwargs)
+    return TIReIDDataModule(dataset, root, str(tokenizer), **options)
+
+
+def test_num_classes_is_known_right_after_construction(rstp_root, tiny_clip_dir):
+    data = make(rstp_root, tiny_clip_dir)
+    assert data.num_classes == 8
+    assert data._tokenizer is None and not data._datasets  # nothing heavy happened
+    table = read_annotations("rstpreid", rstp_root)
+    assert list(data.train_pids) == sorted(table.loc[table["split"] == "train", "pid"].unique())
+
+
+def test_training_batches_have_the_documented_shapes_dtypes_and_ranges(rstp_root, tiny_clip_dir):
+    data = make(rstp_root, tiny_clip_dir)
+    data.setup("fit")
+    loader = data.train_dataloader()
+    assert len(loader) == (8 * 3 * 2) // 8
+    vocabulary = len(AutoTokenizer.from_pretrained(tiny_clip_dir))
+    low = min((0 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True))
+    high = max((1 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True))
+    seen = []
+    for batch in loader:
+        assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "pids", "index"}
+        assert batch["pixel_values"].shape == (8, 3, *SIZE) and batch["pixel_values"].dtype == torch.float32
+        assert low - 1e-5 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= high + 1e-5
+        assert batch["input_ids"].shape == batch["attention_mask"].shape == (8, 24)
+        assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.long
+        assert batch["input_ids"].min() >= 0 and batch["input_ids"].max() < vocabulary
+        assert set(batch["attention_mask"].unique().tolist()) <= {0, 1}
+        assert batch["pids"].dtype == torch.long and batch["pids"].min() >= 0 and batch["pids"].max() < 8
+        seen += batch["index"].tolist()
+    assert sorted(seen) == list(range(48))  # shuffled, every pair once
+
+
+def test_training_labels_match_the_captions_identities(rstp_root, tiny_clip_dir):
+    data = make(rstp_root, tiny_clip_dir, augment=False)
+    pairs = data.train_dataset()
+    table = data.split("train")
+    for index in (0, 17, 47):
+        item = pairs[index]
+        assert data.train_pids[item["pids"]] == table["pid"][index]
+        assert torch.equal(
+            item["input_ids"],
+            data.tokenizer(
+                table["caption"][index],
+                padding="max_length",
+                max_length=24,
+                truncation=True,
+                return_tensors="pt",
+            )["input_ids"][0],
+        )
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_evaluation_loaders_cover_every_caption_and_image_exactly_once(rstp_root, tiny_clip_dir, split):
+    data = make(rstp_root, tiny_clip_dir, eval_batch_size=5, eval_split=split)
+    data.setup("validate")
+    loaders = data.val_dataloader() if split == "val" else data.test_dataloader()
+    assert len(loaders) == 2
+    queries, gallery = data.eval_set(split)
+    table = read_annotations("rstpreid", rstp_root)
+    rows = table[table["split"] == split]
+    assert len(queries) == len(rows) and queries["caption"].tolist() == rows["caption"].tolist()
+    assert len(gallery) == rows["image_path"].nunique()
+
+    query_batches = list(loaders[0])
+    assert all(set(b) == {"input_ids", "attention_mask", "pids", "index"} for b in query_batches)
+    index = torch.cat([b["index"] for b in query_batches])
+    assert index.tolist() == list(range(len(queries)))
+    assert torch.cat([b["pids"] for b in query_batches]).tolist() == queries["pid"].tolist()  # raw ids
+
+    gallery_batches = list(loaders[1])
+    assert all(set(b) == {"pixel_values", "pids", "index"} for b in gallery_batches)
+    assert torch.cat([b["index"] for b in gallery_batches]).tolist() == list(range(len(gallery)))
+    assert torch.cat([b["pids"] for b in gallery_batches]).tolist() == gallery["pid"].tolist()
+    assert gallery["image_path"].is_unique
+
+
+def test_identity_sampler_gives_p_by_k_batches(rstp_root, tiny_clip_dir):
+    data = make(rstp_root, tiny_clip_dir, sampler="identity", instances_per_identity=2)
+    for batch in data.train_dataloader():
+        counts = torch.bincount(batch["pids"])
+        assert sorted(counts[counts > 0].tolist()) == [2, 2, 2, 2]
+
+
+def test_icfg_pedes_has_no_val_split_and_says_what_to_do(icfg_root, tiny_clip_dir):
+    with pytest.raises(
+        ValueError, match=r"ICFG-PEDES has no val split.*eval_split='test'.*holdout_identities"
+    ):
+        make(icfg_root, tiny_clip_dir, dataset="icfg-pedes")
+    data = make(icfg_root, tiny_clip_dir, dataset="icfg-pedes", eval_split="test")
+    data.setup("fit")
+    assert len(data.val_dataloader()[1].dataset) == len(data.eval_set("test")[1])
+
+
+def test_holding_out_training_identities_makes_a_val_split(icfg_root, tiny_clip_dir):
+    data = make(icfg_root, tiny_clip_dir, dataset="icfg-pedes", holdout_identities=2, batch_size=4)
+    full = read_annotations("icfg-pedes", icfg_root)
+    train_ids = set(full.loc[full["split"] == "train", "pid"])
+    assert data.num_classes == len(train_ids) - 2
+    val_ids = set(data.eval_set("val")[0]["pid"])
+    assert len(val_ids) == 2 and val_ids <= train_ids
+    assert not val_ids & set(data.train_pids)
+    data.setup("fit")
+    assert len(data.train_dataset()) == (full["split"] == "train").sum() - len(data.eval_set("val")[0])
+    again = make(icfg_root, tiny_clip_dir, dataset="icfg-pedes", holdout_identities=2)
+    assert set(again.eval_set("val")[0]["pid"]) == val_ids  # a function of the seed
+
+
+def test_holdout_is_refused_where_a_val_split_exists(rstp_root, tiny_clip_dir):
+    with pytest.raises(ValueError, match="has its own val split"):
+        make(rstp_root, tiny_clip_dir, holdout_identities=2)
+
+
+def test_missing_images_are_found_at_setup_and_listed(rstp_root, tiny_clip_dir, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(rstp_root, root)
+    table = read_annotations("rstpreid", root)
+    victims = table[table["split"] == "test"]["image_path"].unique()[:2]
+    for path in victims:
+        os.remove(path)
+    data = make(root, tiny_clip_dir)
+    data.setup("fit")  # the test split is not needed to fit
+    with pytest.raises(FileNotFoundError) as caught:
+        data.setup("test")
+    message = str(caught.value)
+    assert "2 of 12 images" in message and "data_captions.json" in message
+    assert all(path in message for path in victims)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"eval_split": "train"}, "eval_split must be one of val, test"),
+        (
+            {"sampler": "identity", "batch_size": 6, "instances_per_identity": 4},
+            "multiple of instances_per_identity",
+        ),
+        ({"sampler": "balanced"}, "sampler must be 'random' or 'identity'"),
+        ({"dataset": "market"}, "unknown dataset"),
+        ({"image_size": (64,)}, "image_size must be"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(rstp_root, tiny_clip_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(rstp_root, tiny_clip_dir, **kwargs)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(rstp_root, tiny_clip_dir):
+    with pytest.raises(ValueError, match="fewer than batch_size=64"):
+        make(rstp_root, tiny_clip_dir, batch_size=64).train_dataloader()
+
+
+def test_lightning_cli_can_build_it_from_a_config(rstp_root, tiny_clip_dir):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(TIReIDDataModule, "data")
+    config = parser.parse_object(
+        {
+            "data": {
+                "dataset": "rstpreid",
+                "root": str(rstp_root),
+                "tokenizer": str(tiny_clip_dir),
+                "image_size": [64, 32],
+                "sampler": "identity",
+                "eval_split": "test",
+            }
+        }
+    )
+    data = parser.instantiate(config).data
+    assert isinstance(data, TIReIDDataModule)
+    assert data.image_size == (64, 32) and data.num_classes == 8
+
+
+class Recorder(L.LightningModule):
+    """Records the batches Lightning hands over."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.train_index, self.val_index = [], {0: [], 1: []}
+
+    def training_step(self, batch, batch_idx):
+        self.train_index.append(batch["index"].tolist())
+        return (self.weight * batch["pixel_values"].mean()).sum()
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self.val_index[dataloader_idx] += batch["index"].tolist()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_fits_with_a_lightning_trainer(rstp_root, tiny_clip_dir):
+    data = make(rstp_root, tiny_clip_dir, sampler="identity", instances_per_identity=2)
+    model = Recorder()
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=data)
+    assert len(model.train_index) == len(data.train_dataloader())
+    queries, gallery = data.eval_set("val")
+    assert sorted(model.val_index[0]) == list(range(len(queries)))
+    assert sorted(model.val_index[1]) == list(range(len(gallery)))
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import lightning as L
+    import torch
+    from promptdecouple.data.datamodule import TIReIDDataModule
+
+    root, tokenizer, out = sys.argv[1:4]
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.record = {"train": {}, "val": {"0": [], "1": []}}
+
+        def training_step(self, batch, batch_idx):
+            epoch = str(self.current_epoch)
+            self.record["train"].setdefault(epoch, []).append([batch["index"].tolist(), batch["pids"].tolist()])
+            return (self.weight * batch["pixel_values"].mean()).sum()
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.record["val"][str(dataloader_idx)] += batch["index"].tolist()
+
+        def on_fit_end(self):
+            with open(f"{out}/rank{self.global_rank}.json", "w") as f:
+                json.dump(self.record, f)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = TIReIDDataModule("rstpreid", root, tokenizer, image_size=(64, 32), batch_size=4, text_length=16,
+                            num_workers=0, sampler="identity", instances_per_identity=2, eval_batch_size=4)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(Recorder(), datamodule=data)
+    """
+)
+
+
+def test_identity_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path):
+    """A real 2-process DDP fit (gloo): Lightning injects its DistributedSampler into our batch sampler."""
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    result = subprocess.run(
+        [sys.executable, str(script), str(rstp_root), str(tiny_clip_dir), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for epoch in ("0", "1"):
+        batches = [[tuple(index) for index, _ in rank["train"][epoch]] for rank in ranks]
+        assert len(batches[0]) == len(batches[1]) > 0  # equal step counts: no rank waits forever
+        assert not set(batches[0]) & set(batches[1])  # each rank its own batches
+        for rank in ranks:
+            for _, pids in rank["train"][epoch]:
+                assert sorted(
+                    torch.bincount(torch.tensor(pids))[torch.tensor(sorted(set(pids)))].tolist()
+                ) == [2, 2]
+    assert ranks[0]["train"]["0"] != ranks[0]["train"]["1"]  # set_epoch reached the sampler
+    queries, gallery = TIReIDDataModule("rstpreid", rstp_root, str(tiny_clip_dir)).eval_set("val")
+    for loader, size in (("0", len(queries)), ("1", len(gallery))):
+        assert set(ranks[0]["val"][loader]) | set(ranks[1]["val"][loader]) == set(range(size))
