@@ -1,4 +1,4 @@
-"""TIReIDDataModule: batches, evaluation coverage, splits, early errors, Lightning and DDP."""
+"""TIReIDDataModule: batches, evaluation coverage, splits, early errors, resumable order, Lightning, DDP."""
 
 import json
 import os
@@ -15,8 +15,9 @@ from transformers import AutoTokenizer
 
 from promptdecouple.data.annotations import read_annotations
 from promptdecouple.data.datamodule import TIReIDDataModule
+from promptdecouple.data.samplers import SeededRandomSampler
 from promptdecouple.data.synthetic import write_synthetic
-from promptdecouple.data.transforms import CLIP_MEAN, CLIP_STD
+from promptdecouple.data.transforms import CLIP_MEAN, CLIP_STD, normalize_pixels
 
 SIZE = (64, 32)
 
@@ -69,8 +70,12 @@ def test_training_batches_have_the_documented_shapes_dtypes_and_ranges(rstp_root
     seen = []
     for batch in loader:
         assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "pids", "index"}
-        assert batch["pixel_values"].shape == (8, 3, *SIZE) and batch["pixel_values"].dtype == torch.float32
-        assert low - 1e-5 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= high + 1e-5
+        pixels = batch["pixel_values"]
+        assert pixels.shape == (8, 3, *SIZE) and pixels.dtype == torch.uint8  # 0..255 by type
+        assert pixels.amax(dim=(1, 2, 3)).gt(pixels.amin(dim=(1, 2, 3))).all()  # no blank image
+        normalised = normalize_pixels(pixels)
+        assert normalised.dtype == torch.float32
+        assert low - 1e-5 <= normalised.min() and normalised.max() <= high + 1e-5
         assert batch["input_ids"].shape == batch["attention_mask"].shape == (8, 24)
         assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.long
         assert batch["input_ids"].min() >= 0 and batch["input_ids"].max() < vocabulary
@@ -78,6 +83,21 @@ def test_training_batches_have_the_documented_shapes_dtypes_and_ranges(rstp_root
         assert batch["pids"].dtype == torch.long and batch["pids"].min() >= 0 and batch["pids"].max() < 8
         seen += batch["index"].tolist()
     assert sorted(seen) == list(range(48))  # shuffled, every pair once
+
+
+def test_batch_pixels_are_the_images_of_their_items(rstp_root, tiny_clip_dir):
+    """Without augmentation a training row is its pair's resized image; a gallery row its image's."""
+    data = make(rstp_root, tiny_clip_dir, augment=False)
+    data.setup("fit")
+    paths = data.split("train")["image_path"]
+    batch = next(iter(data.train_dataloader()))
+    for row, index in zip(batch["pixel_values"], batch["index"].tolist(), strict=True):
+        assert torch.equal(row, data.eval_transform.pixels(paths[index]))
+    _, gallery = data.eval_set("val")
+    batch = next(iter(data.val_dataloader()[1]))
+    assert batch["pixel_values"].dtype == torch.uint8
+    for row, index in zip(batch["pixel_values"], batch["index"].tolist(), strict=True):
+        assert torch.equal(row, data.eval_transform.pixels(gallery["image_path"][index]))
 
 
 def test_training_labels_match_the_captions_identities(rstp_root, tiny_clip_dir):
@@ -228,10 +248,12 @@ class Recorder(L.LightningModule):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.train_index, self.val_index = [], {0: [], 1: []}
+        self.epochs = {}  # epoch -> index batches
 
     def training_step(self, batch, batch_idx):
         self.train_index.append(batch["index"].tolist())
-        return (self.weight * batch["pixel_values"].mean()).sum()
+        self.epochs.setdefault(self.current_epoch, []).append(batch["index"].tolist())
+        return (self.weight * normalize_pixels(batch["pixel_values"]).mean()).sum()
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         self.val_index[dataloader_idx] += batch["index"].tolist()
@@ -240,11 +262,8 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_fits_with_a_lightning_trainer(rstp_root, tiny_clip_dir):
-    data = make(rstp_root, tiny_clip_dir, sampler="identity", instances_per_identity=2)
-    model = Recorder()
-    trainer = L.Trainer(
-        max_epochs=1,
+def quiet_trainer(**kwargs):
+    options = dict(
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -252,11 +271,46 @@ def test_fits_with_a_lightning_trainer(rstp_root, tiny_clip_dir):
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(model, datamodule=data)
+    return L.Trainer(**{**options, **kwargs})
+
+
+def test_fits_with_a_lightning_trainer(rstp_root, tiny_clip_dir):
+    data = make(rstp_root, tiny_clip_dir, sampler="identity", instances_per_identity=2)
+    model = Recorder()
+    quiet_trainer(max_epochs=1).fit(model, datamodule=data)
     assert len(model.train_index) == len(data.train_dataloader())
     queries, gallery = data.eval_set("val")
     assert sorted(model.val_index[0]) == list(range(len(queries)))
     assert sorted(model.val_index[1]) == list(range(len(gallery)))
+
+
+def test_a_resumed_run_sees_the_training_order_of_the_uninterrupted_run(
+    rstp_root, tiny_clip_dir, tmp_path, monkeypatch
+):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # restored afterwards; seed_everything overwrites it
+
+    def fit(ckpt_path=None):
+        L.seed_everything(7)
+        model = Recorder()
+        folder = tmp_path / ("resumed" if ckpt_path else "uninterrupted")
+        checkpoints = ModelCheckpoint(dirpath=folder, filename="{epoch}", save_top_k=-1)
+        trainer = quiet_trainer(
+            max_epochs=3, limit_val_batches=0, enable_checkpointing=True, callbacks=[checkpoints]
+        )
+        trainer.fit(model, datamodule=make(rstp_root, tiny_clip_dir, augment=False), ckpt_path=ckpt_path)
+        return model.epochs
+
+    uninterrupted = fit()
+    resumed = fit(ckpt_path=tmp_path / "uninterrupted" / "epoch=0.ckpt")
+    assert sorted(uninterrupted) == [0, 1, 2] and sorted(resumed) == [1, 2]
+    assert resumed[1] == uninterrupted[1] and resumed[2] == uninterrupted[2]
+    assert uninterrupted[0] != uninterrupted[1] != uninterrupted[2]
+    for epoch, batches in uninterrupted.items():  # the order of (seed_everything's seed, epoch)
+        order = SeededRandomSampler(range(48), seed=7)
+        order.set_epoch(epoch)
+        assert sum(batches, []) == list(order)
 
 
 DDP_SCRIPT = textwrap.dedent(
@@ -265,19 +319,24 @@ DDP_SCRIPT = textwrap.dedent(
     import lightning as L
     import torch
     from promptdecouple.data.datamodule import TIReIDDataModule
+    from promptdecouple.data.transforms import normalize_pixels
 
-    root, tokenizer, out = sys.argv[1:4]
+    root, tokenizer, out, sampler = sys.argv[1:5]
 
     class Recorder(L.LightningModule):
         def __init__(self):
             super().__init__()
             self.weight = torch.nn.Parameter(torch.zeros(1))
-            self.record = {"train": {}, "val": {"0": [], "1": []}}
+            self.record = {"train": {}, "val": {"0": [], "1": []}, "dtype": []}
+
+        def on_train_epoch_start(self):
+            self.record["sampler"] = type(self.trainer.train_dataloader.batch_sampler.sampler).__name__
 
         def training_step(self, batch, batch_idx):
             epoch = str(self.current_epoch)
             self.record["train"].setdefault(epoch, []).append([batch["index"].tolist(), batch["pids"].tolist()])
-            return (self.weight * batch["pixel_values"].mean()).sum()
+            self.record["dtype"].append(str(batch["pixel_values"].dtype))
+            return (self.weight * normalize_pixels(batch["pixel_values"]).mean()).sum()
 
         def validation_step(self, batch, batch_idx, dataloader_idx=0):
             self.record["val"][str(dataloader_idx)] += batch["index"].tolist()
@@ -289,8 +348,9 @@ DDP_SCRIPT = textwrap.dedent(
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
+    L.seed_everything(3)
     data = TIReIDDataModule("rstpreid", root, tokenizer, image_size=(64, 32), batch_size=4, text_length=16,
-                            num_workers=0, sampler="identity", instances_per_identity=2, eval_batch_size=4)
+                            num_workers=0, sampler=sampler, instances_per_identity=2, eval_batch_size=4)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0)
@@ -299,20 +359,25 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def test_identity_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path):
-    """A real 2-process DDP fit (gloo): Lightning injects its DistributedSampler into our batch sampler."""
-    script = tmp_path / "ddp_fit.py"
+def fit_with_two_process_ddp(root, tokenizer, out, sampler):
+    """A real 2-process DDP fit (gloo); returns what each rank saw."""
+    script = out / "ddp_fit.py"
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     result = subprocess.run(
-        [sys.executable, str(script), str(rstp_root), str(tiny_clip_dir), str(tmp_path)],
+        [sys.executable, str(script), str(root), str(tokenizer), str(out), sampler],
         capture_output=True,
         text=True,
         timeout=400,
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_identity_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path):
+    """Lightning injects its DistributedSampler into our batch sampler."""
+    ranks = fit_with_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path, "identity")
     for epoch in ("0", "1"):
         batches = [[tuple(index) for index, _ in rank["train"][epoch]] for rank in ranks]
         assert len(batches[0]) == len(batches[1]) > 0  # equal step counts: no rank waits forever
@@ -326,3 +391,16 @@ def test_identity_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_pa
     queries, gallery = TIReIDDataModule("rstpreid", rstp_root, str(tiny_clip_dir)).eval_set("val")
     for loader, size in (("0", len(queries)), ("1", len(gallery))):
         assert set(ranks[0]["val"][loader]) | set(ranks[1]["val"][loader]) == set(range(size))
+
+
+def test_random_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path):
+    """Lightning swaps SeededRandomSampler for its DistributedSampler: each rank its own half, per epoch."""
+    ranks = fit_with_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path, "random")
+    assert [rank["sampler"] for rank in ranks] == ["DistributedSampler"] * 2
+    assert {dtype for rank in ranks for dtype in rank["dtype"]} == {"torch.uint8"}
+    for epoch in ("0", "1"):
+        seen = [[i for index, _ in rank["train"][epoch] for i in index] for rank in ranks]
+        assert len(seen[0]) == len(seen[1]) == 24  # 48 pairs, 6 batches of 4 per rank
+        assert not set(seen[0]) & set(seen[1])
+        assert sorted(seen[0] + seen[1]) == list(range(48))
+    assert ranks[0]["train"]["0"] != ranks[0]["train"]["1"]  # reshuffled each epoch

@@ -1,20 +1,23 @@
-"""Tokenisation, the three dataset kinds and batch collation (also inside DataLoader workers)."""
+"""Tokenisation, the three dataset kinds and their uint8 batches (also from DataLoader workers)."""
+
+import random
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from transformers import AutoTokenizer
 
 from promptdecouple.data.datasets import (
-    BatchCollator,
     GalleryImages,
+    PrecollatedItems,
     QueryCaptions,
     TrainingPairs,
+    collate_items,
     tokenize_captions,
 )
-from promptdecouple.data.transforms import ImageTransform
+from promptdecouple.data.transforms import ImageTransform, normalize_pixels
 
 
 @pytest.fixture(scope="module")
@@ -55,36 +58,94 @@ def test_training_pairs_items_and_batches(tokenizer, images):
     tokens = tokenize_captions(tokenizer, [f"caption {i}" for i in range(6)], 12)
     dataset = TrainingPairs(images, [0, 0, 1, 1, 2, 2], tokens, ImageTransform((32, 16), train=True))
     item = dataset[3]
-    assert item["pixels"].dtype == torch.uint8 and item["pixels"].shape == (3, 32, 16)
+    assert item["pixel_values"].dtype == torch.uint8 and item["pixel_values"].shape == (3, 32, 16)
     assert item["pids"] == 1 and item["index"] == 3
     assert torch.equal(item["input_ids"], tokens["input_ids"][3])
-    batch = BatchCollator(dataset.transform)([dataset[i] for i in (0, 5)])
+    batch = default_collate([dataset[i] for i in (0, 5)])
     assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "pids", "index"}
-    assert batch["pixel_values"].shape == (2, 3, 32, 16) and batch["pixel_values"].dtype == torch.float32
+    assert batch["pixel_values"].shape == (2, 3, 32, 16) and batch["pixel_values"].dtype == torch.uint8
     assert batch["pids"].tolist() == [0, 2] and batch["index"].tolist() == [0, 5]
     assert batch["input_ids"].dtype == torch.long
+
+
+def test_training_pixels_without_augmentation_are_the_resized_image(tokenizer, images):
+    tokens = tokenize_captions(tokenizer, ["a"] * 6, 8)
+    dataset = TrainingPairs(images, [0] * 6, tokens, ImageTransform((32, 16), train=False))
+    for index in (0, 4):
+        resized = Image.open(images[index]).convert("RGB").resize((16, 32), Image.Resampling.BICUBIC)
+        expected = torch.from_numpy(np.asarray(resized).transpose(2, 0, 1).copy())
+        assert torch.equal(dataset[index]["pixel_values"], expected)
 
 
 def test_query_and_gallery_items(tokenizer, images):
     queries = QueryCaptions([7, 7, 9], tokenize_captions(tokenizer, ["a", "b", "c"], 8))
     assert len(queries) == 3 and queries[2]["pids"] == 9 and queries[2]["index"] == 2
-    assert "pixels" not in queries[0]
+    assert "pixel_values" not in queries[0]
     gallery = GalleryImages(images[:2], [7, 9], ImageTransform((32, 16)))
-    batch = BatchCollator(gallery.transform)([gallery[0], gallery[1]])
+    batch = default_collate([gallery[0], gallery[1]])
     assert set(batch) == {"pixel_values", "pids", "index"}
-    assert torch.equal(batch["pixel_values"][1], ImageTransform((32, 16))(images[1]))
+    assert batch["pixel_values"].dtype == torch.uint8
+    assert torch.equal(batch["pixel_values"][1], ImageTransform((32, 16)).pixels(images[1]))
+    # normalised on the model's side, the batch equals the single-image transform
+    assert torch.equal(normalize_pixels(batch["pixel_values"])[1], ImageTransform((32, 16))(images[1]))
 
 
-def test_worker_batches_equal_main_process_batches(images):
-    """Inside a worker the batch is built in shared memory; it must hold the same values."""
+@pytest.mark.parametrize("kind", ["pairs", "gallery"])
+def test_batched_loading_gives_the_items_and_the_batch_of_one_by_one_loading(tokenizer, images, kind):
+    if kind == "pairs":
+        tokens = tokenize_captions(tokenizer, [f"caption {i}" for i in range(6)], 12)
+        dataset = TrainingPairs(images, [0, 1, 1, 2, 2, 3], tokens, ImageTransform((32, 16)))
+    else:
+        dataset = GalleryImages(images, [5, 5, 6, 6, 7, 7], ImageTransform((32, 16)))
+    indices = [4, 0, 3]
+    items = dataset.__getitems__(indices)
+    assert isinstance(items, PrecollatedItems) and len(items) == 3
+    one_by_one = [dataset[i] for i in indices]
+    for item, single in zip(items, one_by_one, strict=True):
+        assert set(item) == set(single)
+        for key in single:
+            assert torch.equal(torch.as_tensor(item[key]), torch.as_tensor(single[key])), key
+    batch = collate_items(items)
+    assert batch is items.batch  # handed on, not rebuilt
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (3, 3, 32, 16)
+    reference = default_collate(one_by_one)
+    assert set(batch) == set(reference)
+    for key in reference:
+        assert batch[key].dtype == reference[key].dtype, key
+        assert torch.equal(batch[key], reference[key]), key
+    for key, value in default_collate(items).items():  # still a plain list of items for default_collate
+        assert torch.equal(value, reference[key]), key
+
+
+def test_batched_loading_applies_the_augmentation_per_image(tokenizer, images):
+    tokens = tokenize_captions(tokenizer, ["a"] * 6, 8)
+    transform = ImageTransform((32, 16), train=True, pad_crop=False, random_erasing=False)
+    dataset = TrainingPairs([images[0]] * 6, [0] * 6, tokens, transform)
+    plain = ImageTransform((32, 16)).pixels(images[0])
+    random.seed(0)
+    pixels = collate_items(dataset.__getitems__(list(range(6))))["pixel_values"]
+    mirrored = [torch.equal(row, plain.flip(-1)) for row in pixels]
+    assert all(m or torch.equal(row, plain) for m, row in zip(mirrored, pixels, strict=True))
+    assert 0 < sum(mirrored) < 6  # each row drew its own flip
+
+
+def test_collate_items_falls_back_to_default_collate(tokenizer):
+    queries = QueryCaptions([7, 8], tokenize_captions(tokenizer, ["a", "b"], 8))
+    batch = collate_items([queries[1], queries[0]])
+    assert batch["pids"].tolist() == [8, 7] and batch["index"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_batches_equal_default_collate_batches(images, workers):
+    """Inside a worker the batch is written into shared memory; it must hold the same values."""
     gallery = GalleryImages(images, list(range(6)), ImageTransform((32, 16)))
-    kwargs = dict(batch_size=4, collate_fn=BatchCollator(gallery.transform))
-    main = list(DataLoader(gallery, num_workers=0, **kwargs))
-    worker = list(DataLoader(gallery, num_workers=1, **kwargs))
-    assert len(main) == len(worker) == 2
-    for a, b in zip(main, worker, strict=True):
+    reference = [default_collate([gallery[i] for i in batch]) for batch in ([0, 1, 2, 3], [4, 5])]
+    fast = list(DataLoader(gallery, batch_size=4, num_workers=workers, collate_fn=collate_items))
+    assert len(reference) == len(fast) == 2
+    for a, b in zip(reference, fast, strict=True):
+        assert b["pixel_values"].dtype == torch.uint8
         assert torch.equal(a["pixel_values"], b["pixel_values"])
-        assert torch.equal(a["index"], b["index"])
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["pids"], b["pids"])
 
 
 def test_mismatched_lengths_are_refused(tokenizer, images):

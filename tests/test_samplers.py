@@ -1,17 +1,135 @@
-"""IdentityBatchSampler: P x K batches, epochs, and the split across DDP ranks."""
+"""SeededRandomSampler: order from (seed, epoch); IdentityBatchSampler: P x K batches, epochs, DDP ranks."""
 
 from collections import Counter
 
+import lightning as L
 import numpy as np
 import pytest
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from promptdecouple.data.samplers import IdentityBatchSampler
+from promptdecouple.data.samplers import IdentityBatchSampler, SeededRandomSampler
 
 # 30 identities with 1 to 7 items each, shuffled in the dataset order
 SIZES = [1 + i % 7 for i in range(30)]
 PIDS = np.random.default_rng(0).permutation(np.repeat(np.arange(30) * 10 + 3, SIZES))
+
+
+def order(seed, epoch, size=50):
+    sampler = SeededRandomSampler(range(size), seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_seeded_order_is_a_function_of_seed_and_epoch():
+    sampler = SeededRandomSampler(range(50), seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(50)) and first != list(range(50))
+    assert list(sampler) == first == order(3, 0)  # iterating again, or anew, repeats it
+    sampler.set_epoch(1)
+    assert list(sampler) == order(3, 1) != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    assert order(4, 0) != first
+    assert len({tuple(order(3, epoch)) for epoch in range(10)}) == 10
+    assert len(sampler) == 50
+
+
+def test_seeded_order_ignores_and_leaves_alone_the_global_rng():
+    torch.manual_seed(0)
+    first = order(3, 2)
+    state = torch.get_rng_state()
+    torch.manual_seed(1)
+    assert order(3, 2) == first
+    torch.set_rng_state(state)
+    order(3, 2)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_default_seed_is_seed_everythings(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "11")
+    assert SeededRandomSampler(range(50)).seed == 11
+    assert list(SeededRandomSampler(range(50))) == order(11, 0)
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert SeededRandomSampler(range(50)).seed == 0
+
+
+def test_one_process_sees_the_order_of_a_one_replica_distributed_sampler():
+    """Lightning's DDP sampler follows the same (seed, epoch) rule; one process is its one-rank case."""
+    for epoch in range(3):
+        reference = DistributedSampler(range(50), num_replicas=1, rank=0, shuffle=True, seed=9)
+        reference.set_epoch(epoch)
+        assert order(9, epoch) == list(reference)
+
+
+class Indices(Dataset):
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, index):
+        return index
+
+
+class OrderRecorder(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen = {}
+
+    def training_step(self, batch, batch_idx):
+        self.seen.setdefault(self.current_epoch, []).extend(batch.tolist())
+        return self.weight.sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_lightning_trainer_sets_the_epoch_each_epoch():
+    loader = DataLoader(Indices(), batch_size=8, sampler=SeededRandomSampler(Indices(), seed=5))
+    model = OrderRecorder()
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, train_dataloaders=loader)
+    assert sorted(model.seen) == [0, 1, 2]
+    for epoch, seen in model.seen.items():
+        assert seen == order(5, epoch, size=40)
+    assert len({tuple(seen) for seen in model.seen.values()}) == 3
+
+
+def test_lightning_swaps_it_for_its_distributed_sampler_under_ddp(monkeypatch):
+    """Lightning's code path for a training loader under DDP (use_distributed_sampler=True), both ranks."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods, _set_sampler_epoch
+    from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.data import _update_dataloader
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+    with _replace_dunder_methods(DataLoader, "dataset"):  # what Lightning wraps around `train_dataloader()`
+        loader = DataLoader(Indices(), batch_size=4, sampler=SeededRandomSampler(Indices()), drop_last=True)
+    assert isinstance(loader.sampler, RandomSampler)
+    seen = []
+    for rank in range(2):
+        injected = _get_distributed_sampler(
+            loader, shuffle=True, overfit_batches=0, mode=RunningStage.TRAINING, num_replicas=2, rank=rank
+        )
+        assert type(injected) is DistributedSampler and injected.shuffle and injected.seed == 5
+        rewrapped = _update_dataloader(loader, injected, mode=RunningStage.TRAINING)
+        epochs = []
+        for epoch in range(2):
+            _set_sampler_epoch(rewrapped, epoch)
+            epochs.append([i for batch in rewrapped for i in batch.tolist()])
+        assert epochs[0] != epochs[1]
+        seen.append(epochs)
+    for epoch in range(2):
+        assert len(seen[0][epoch]) == len(seen[1][epoch]) == 20
+        assert sorted(seen[0][epoch] + seen[1][epoch]) == list(range(40))
 
 
 def check_batch(batch, pids, p, k):

@@ -1,4 +1,4 @@
-"""The image pipeline: resize, each augmentation, normalisation, decoding errors."""
+"""The image pipeline: resize, each augmentation, uint8 pixels, normalize_pixels, decoding errors."""
 
 import random
 
@@ -7,7 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from promptdecouple.data.transforms import CLIP_MEAN, CLIP_STD, ImageDecodeError, ImageTransform, load_image
+from promptdecouple.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageDecodeError,
+    ImageTransform,
+    load_image,
+    normalize_pixels,
+)
 
 MEAN = np.array(CLIP_MEAN, dtype=np.float32)[:, None, None]
 STD = np.array(CLIP_STD, dtype=np.float32)[:, None, None]
@@ -103,14 +110,18 @@ def test_flip_and_pad_crop_compose_as_mirror_then_shift():
 def test_random_erasing_fills_one_rectangle_with_the_mean_colour():
     image = Image.new("RGB", (32, 96), (255, 255, 255))
     transform = ImageTransform((96, 32), train=True, flip=False, pad_crop=False, erasing_probability=1.0)
+    mean_colour = torch.tensor([round(255 * m) for m in CLIP_MEAN], dtype=torch.uint8).view(3, 1, 1)
     random.seed(2)
     for _ in range(20):
-        out = transform(image)
-        erased = out.abs().amax(0) < 0.01  # the mean colour normalises to ~0
+        pixels = transform.pixels(image)
+        assert pixels.dtype == torch.uint8
+        erased = (pixels == mean_colour).all(0)
+        assert ((pixels == 255).all(0) | erased).all()  # white or mean colour, nothing else
         rows, cols = erased.any(1).nonzero(), erased.any(0).nonzero()
         height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
         assert erased.sum() == height * width  # one filled rectangle
         assert 0.02 * 96 * 32 * 0.8 <= erased.sum() <= 0.4 * 96 * 32 * 1.2
+        assert normalize_pixels(pixels)[:, erased].abs().max() < 0.01  # the mean colour normalises to ~0
     off = ImageTransform((96, 32), train=True, flip=False, pad_crop=False, random_erasing=False)
     assert torch.equal(off(image), ImageTransform((96, 32))(image))
 
@@ -125,13 +136,108 @@ def test_augmentations_never_change_shape_range_or_dtype():
         assert (out >= low - 1e-5).all() and (out <= high + 1e-5).all()
 
 
-def test_normalize_batch_equals_one_by_one():
+def float_path_before_uint8_batches(pixels):
+    """How loaders normalised uint8 pixels into float32 batches before batches became uint8."""
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
+    out = torch.empty(pixels.shape, dtype=torch.float32).copy_(pixels)
+    return out.mul_(1.0 / (255.0 * std)).add_(-mean / std)
+
+
+def random_pixels(*shape, seed=0):
+    pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    pixels.view(-1)[:2] = torch.tensor([0, 255], dtype=torch.uint8)  # both extremes present
+    return pixels
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 24, 8), (3, 24, 8)])
+def test_normalize_pixels_equals_the_float_path_bit_for_bit(shape):
+    pixels = random_pixels(*shape)
+    out = normalize_pixels(pixels)
+    assert out.shape == pixels.shape and out.dtype == torch.float32 and out.device == pixels.device
+    assert torch.equal(out, float_path_before_uint8_batches(pixels))
+    np.testing.assert_allclose(out.numpy(), (pixels.numpy() / 255.0 - MEAN) / STD, rtol=0, atol=2e-6)
+    assert torch.equal(pixels, random_pixels(*shape))  # the input is left alone
+
+
+def test_normalize_pixels_per_image_equals_per_batch_and_the_single_image_transform():
     transform = ImageTransform((20, 10))
-    pixels = [transform.pixels(random_image(seed=s)) for s in range(3)]
-    batch = transform.normalize_batch(pixels)
-    assert batch.shape == (3, 3, 20, 10)
-    for row, image in zip(batch, pixels, strict=True):
-        assert torch.equal(row, transform.normalize(image))
+    images = [random_image(seed=s) for s in range(3)]
+    batch = torch.stack([transform.pixels(image) for image in images])
+    normalised = normalize_pixels(batch)
+    for row, image in zip(normalised, images, strict=True):
+        assert torch.equal(row, transform(image))
+    channels_last = batch.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(normalize_pixels(channels_last), normalised)
+
+
+def test_normalize_pixels_output_dtypes():
+    pixels = random_pixels(2, 3, 16, 8)
+    reference = float_path_before_uint8_batches(pixels)
+    assert torch.equal(normalize_pixels(pixels, torch.bfloat16), reference.to(torch.bfloat16))
+    assert torch.equal(normalize_pixels(pixels, torch.float16), reference.to(torch.float16))
+    double = normalize_pixels(pixels, torch.float64)
+    assert double.dtype == torch.float64
+    mean, std = np.array(CLIP_MEAN)[:, None, None], np.array(CLIP_STD)[:, None, None]  # float64
+    expected = (pixels.numpy() / 255.0 - mean) / std
+    np.testing.assert_allclose(double.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_normalize_pixels_passes_floats_through_unchanged():
+    already = torch.randn(2, 3, 8, 4)
+    assert normalize_pixels(already) is already
+    assert normalize_pixels(already, torch.bfloat16) is already
+
+
+def test_normalize_pixels_takes_the_transforms_mean_and_std():
+    pixels = random_pixels(3, 6, 4)
+    out = normalize_pixels(pixels, mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 1.0))
+    expected = (pixels.numpy() / 255.0 - 0.5) / np.array([0.5, 0.25, 1.0])[:, None, None]
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=2e-6)
+    transform = ImageTransform((6, 4), mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 1.0))
+    image = random_image(6, 4)
+    assert torch.equal(
+        transform(image), normalize_pixels(transform.pixels(image), mean=transform.mean, std=transform.std)
+    )
+
+
+@pytest.mark.parametrize(
+    ("pixels", "kwargs", "error", "message"),
+    [
+        (torch.zeros(2, 3, 4, 4, dtype=torch.int64), {}, TypeError, "torch.int64"),
+        (torch.zeros(2, 1, 4, 4, dtype=torch.uint8), {}, ValueError, r"\(2, 1, 4, 4\)"),
+        (torch.zeros(3, 4, dtype=torch.uint8), {}, ValueError, r"\(3, 4\)"),
+        (torch.zeros(1, 2, 3, 4, 4, dtype=torch.uint8), {}, ValueError, r"\(1, 2, 3, 4, 4\)"),
+        (torch.zeros(3, 4, 4, dtype=torch.uint8), {"dtype": torch.int32}, TypeError, "floating-point"),
+        (torch.zeros(3, 4, 4, dtype=torch.uint8), {"std": (1.0, 1.0)}, ValueError, "one value per colour"),
+    ],
+)
+def test_normalize_pixels_refuses_what_it_cannot_normalise(pixels, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        normalize_pixels(pixels, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_normalize_pixels_on_cuda_equals_cpu_bit_for_bit():
+    pixels = random_pixels(4, 3, 384, 128)
+    out = normalize_pixels(pixels.cuda())
+    assert out.device.type == "cuda" and out.dtype == torch.float32
+    assert torch.equal(out.cpu(), normalize_pixels(pixels))
+    assert torch.equal(
+        normalize_pixels(pixels.cuda(), torch.bfloat16).cpu(), normalize_pixels(pixels, torch.bfloat16)
+    )
+
+
+def test_write_pixels_fills_a_row_of_a_batch_and_checks_it():
+    transform = ImageTransform((20, 10))
+    image = random_image(seed=4)
+    batch = torch.zeros((2, 3, 20, 10), dtype=torch.uint8)
+    transform.write_pixels(image, batch.numpy()[1])
+    assert torch.equal(batch[1], transform.pixels(image)) and not batch[0].any()
+    with pytest.raises(ValueError, match=r"uint8 array \(3, 20, 10\)"):
+        transform.write_pixels(image, np.zeros((3, 20, 11), np.uint8))
+    with pytest.raises(ValueError, match="float32"):
+        transform.write_pixels(image, np.zeros((3, 20, 10), np.float32))
 
 
 def test_load_image_names_the_file_it_cannot_read(tmp_path):
@@ -159,9 +265,12 @@ def test_load_image_returns_rgb(tmp_path):
         {"image_size": (0, 10)},
         {"image_size": (10,)},
         {"padding": -1},
+        {"image_size": (40, 10), "train": True, "padding": 10},
         {"erasing_probability": 1.5},
         {"erasing_scale": (0.5, 0.1)},
         {"erasing_ratio": (0.0, 1.0)},
+        {"mean": (0.5, 0.5)},
+        {"std": (0.5, 0.0, 0.5)},
     ],
 )
 def test_bad_arguments_are_refused(kwargs):

@@ -11,15 +11,23 @@ from promptdecouple.data.annotations import (
 )
 from promptdecouple.data.datamodule import TIReIDDataModule
 from promptdecouple.data.datasets import (
-    BatchCollator,
     GalleryImages,
+    PrecollatedItems,
     QueryCaptions,
     TrainingPairs,
+    collate_items,
     tokenize_captions,
 )
-from promptdecouple.data.samplers import IdentityBatchSampler
+from promptdecouple.data.samplers import IdentityBatchSampler, SeededRandomSampler
 from promptdecouple.data.synthetic import write_synthetic
-from promptdecouple.data.transforms import CLIP_MEAN, CLIP_STD, ImageDecodeError, ImageTransform, load_image
+from promptdecouple.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageDecodeError,
+    ImageTransform,
+    load_image,
+    normalize_pixels,
+)
 
 __all__ = [
     "CLIP_MEAN",
@@ -27,18 +35,21 @@ __all__ = [
     "DATASETS",
     "AnnotationError",
     "AnnotationProblem",
-    "BatchCollator",
     "DatasetLayout",
     "GalleryImages",
     "IdentityBatchSampler",
     "ImageDecodeError",
     "ImageTransform",
+    "PrecollatedItems",
     "QueryCaptions",
+    "SeededRandomSampler",
     "TIReIDDataModule",
     "TrainingPairs",
+    "collate_items",
     "dataset_layout",
     "load_annotations",
     "load_image",
+    "normalize_pixels",
     "read_annotations",
     "tokenize_captions",
     "write_synthetic",

@@ -16,13 +16,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from promptdecouple.data.annotations import dataset_layout, read_annotations
 from promptdecouple.data.datasets import (
-    BatchCollator,
     GalleryImages,
     QueryCaptions,
     TrainingPairs,
+    collate_items,
     tokenize_captions,
 )
-from promptdecouple.data.samplers import IdentityBatchSampler
+from promptdecouple.data.samplers import IdentityBatchSampler, SeededRandomSampler
 from promptdecouple.data.transforms import ImageTransform
 
 if TYPE_CHECKING:
@@ -59,10 +59,23 @@ class TIReIDDataModule(L.LightningDataModule):
 
     `num_classes` (training identities) can be read right after construction: it reads the
     annotations once (LightningCLI links it into the model before `setup`).
-    Training batches: `pixel_values` float (B, 3, H, W), `input_ids`, `attention_mask` long (B, L),
-    `pids` long labels 0..C-1, `index`. `val_dataloader`/`test_dataloader` return
-    ``[queries, gallery]``: query batches hold `input_ids`, `attention_mask`, raw `pids` and `index`
-    (position in `eval_set(split)[0]`); gallery batches `pixel_values`, raw `pids`, `index`.
+
+    Batches: images travel as uint8 and are normalised on the model's device, after the transfer
+    (a quarter of the bytes of float32 to write, share between workers, pin and copy):
+    `pixel_values` is uint8 (B, 3, H, W) in 0..255, resized and (in training) augmented; the model's
+    steps turn it into CLIP-normalised floats with `promptdecouple.data.normalize_pixels`.
+
+    - training: `pixel_values`, `input_ids` and `attention_mask` long (B, L), `pids` long labels
+      0..C-1, `index` (position in the training pairs); full batches only.
+    - `val_dataloader` / `test_dataloader` return ``[queries, gallery]``: query batches hold
+      `input_ids`, `attention_mask`, raw `pids` and `index` (position in `eval_set(split)[0]`);
+      gallery batches `pixel_values`, raw `pids` and `index` (position in `eval_set(split)[1]`).
+
+    Training order: with ``sampler="random"`` each epoch's order is a function of
+    `seed_everything`'s seed and the epoch (`SeededRandomSampler`), so a run resumed from an
+    end-of-epoch checkpoint sees the batches the uninterrupted run saw; under DDP Lightning's
+    `DistributedSampler` takes over with the same rule. ``sampler="identity"`` plans each epoch from
+    (`seed`, epoch).
     """
 
     def __init__(
@@ -116,6 +129,9 @@ class TIReIDDataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("text_length", text_length)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        # Hyperparameters are stored in checkpoints, which Lightning loads with torch.load(weights_only=True):
+        # a pathlib.Path there would make every checkpoint unloadable.
+        root = str(root)
         self.save_hyperparameters()
         self.dataset = self.layout.name
         self.root = Path(root).expanduser()
@@ -251,11 +267,11 @@ class TIReIDDataModule(L.LightningDataModule):
         return self._datasets[split]
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training pairs in full batches (identity-balanced with ``sampler="identity"``)."""
+        """Training pairs in full batches, reshuffled each epoch (P x K with ``sampler="identity"``)."""
         dataset = self.train_dataset()
         common = dict(
             num_workers=self.num_workers,
-            collate_fn=BatchCollator(self.train_transform),
+            collate_fn=collate_items,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
@@ -278,7 +294,9 @@ class TIReIDDataModule(L.LightningDataModule):
                 f"the training split has {len(dataset)} (image, caption) pairs, fewer than batch_size="
                 f"{self.batch_size}: lower batch_size"
             )
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, **common)
+        # A RandomSampler subclass: under DDP Lightning replaces it with its DistributedSampler.
+        order = SeededRandomSampler(dataset)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=order, drop_last=True, **common)
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[queries, gallery]`` of `eval_split`, in order."""
@@ -295,7 +313,7 @@ class TIReIDDataModule(L.LightningDataModule):
                 batch_size=self.eval_batch_size,
                 shuffle=False,
                 num_workers=self.num_workers,
-                collate_fn=BatchCollator(self.eval_transform),
+                collate_fn=collate_items,
                 pin_memory=self.pin_memory,
                 persistent_workers=self.num_workers > 0,
             )

@@ -1,19 +1,27 @@
 """Torch datasets of the three kinds TIReID uses: training pairs, query captions, gallery images.
 
-Items carry images as uint8 `pixels` (3, H, W); `BatchCollator` turns them into CLIP-normalised
-float `pixel_values` per batch. Captions are tokenised once, up front (`tokenize_captions`), so
-items only index into tensors. Paths are kept in a numpy string array, not a Python list, so that
-forked DataLoader workers do not copy them page by page through reference counting.
+Items carry images as uint8 `pixel_values` (3, H, W); batches carry them as uint8 (B, 3, H, W),
+which the model normalises on its device with `normalize_pixels` (a quarter of the bytes of
+float32 to hand over, pin and copy). For batched loading the image datasets implement
+`__getitems__`, which writes every image straight into its row of one batch tensor (in shared
+memory inside a DataLoader worker) and gathers the other fields with one index each;
+`collate_items` hands that batch on as it is. With PyTorch's `default_collate` the same items give
+the same batch, one copy later.
+
+Captions are tokenised once, up front (`tokenize_captions`), so items only index into tensors.
+Paths are kept in a numpy string array, not a Python list, so that forked DataLoader workers do not
+copy them page by page through reference counting.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from promptdecouple.data.transforms import ImageTransform, load_image
 
@@ -32,7 +40,7 @@ def tokenize_captions(tokenizer: Any, captions: Sequence[str], text_length: int)
 class TrainingPairs(Dataset):
     """One item per (image, caption) of the training split, with its identity label 0..C-1.
 
-    Item: `pixels` uint8 (3, H, W), `input_ids`, `attention_mask` (L,), `pids` (label), `index`.
+    Item: `pixel_values` uint8 (3, H, W), `input_ids`, `attention_mask` (L,), `pids` (label), `index`.
     """
 
     def __init__(
@@ -55,12 +63,29 @@ class TrainingPairs(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {
-            "pixels": self.transform.pixels(load_image(self.image_paths[index])),
+            "pixel_values": self.transform.pixels(load_image(self.image_paths[index])),
             "input_ids": self.input_ids[index],
             "attention_mask": self.attention_mask[index],
             "pids": self.labels[index],
             "index": index,
         }
+
+    def __getitems__(self, indices: Sequence[int]) -> PrecollatedItems:
+        """The items of `indices`, built as one batch (see `PrecollatedItems`)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        pixels = _new_pixel_batch(len(indices), self.transform.image_size)
+        rows = pixels.numpy()
+        for row, position in enumerate(indices):
+            self.transform.write_pixels(load_image(self.image_paths[position]), rows[row])
+        return PrecollatedItems(
+            {
+                "pixel_values": pixels,
+                "input_ids": self.input_ids[index],
+                "attention_mask": self.attention_mask[index],
+                "pids": self.labels[index],
+                "index": index,
+            }
+        )
 
 
 class QueryCaptions(Dataset):
@@ -91,7 +116,7 @@ class QueryCaptions(Dataset):
 class GalleryImages(Dataset):
     """The evaluation gallery: one item per image, with the raw identity.
 
-    Item: `pixels` uint8 (3, H, W), `pids`, `index` (position in the gallery).
+    Item: `pixel_values` uint8 (3, H, W), `pids`, `index` (position in the gallery).
     """
 
     def __init__(self, image_paths: Sequence[str], pids: Sequence[int], transform: ImageTransform):
@@ -105,22 +130,52 @@ class GalleryImages(Dataset):
         return len(self.pids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {
-            "pixels": self.transform.pixels(load_image(self.image_paths[index])),
-            "pids": self.pids[index],
-            "index": index,
-        }
+        pixels = self.transform.pixels(load_image(self.image_paths[index]))
+        return {"pixel_values": pixels, "pids": self.pids[index], "index": index}
+
+    def __getitems__(self, indices: Sequence[int]) -> PrecollatedItems:
+        """The items of `indices`, built as one batch (see `PrecollatedItems`)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        pixels = _new_pixel_batch(len(indices), self.transform.image_size)
+        rows = pixels.numpy()
+        for row, position in enumerate(indices):
+            self.transform.write_pixels(load_image(self.image_paths[position]), rows[row])
+        return PrecollatedItems({"pixel_values": pixels, "pids": self.pids[index], "index": index})
 
 
-class BatchCollator:
-    """Collates items into a batch; uint8 `pixels` become normalised float `pixel_values` (B, 3, H, W)."""
+class PrecollatedItems(list):
+    """Dataset items that were built as one batch: a list of the items, plus the batch (`batch`).
 
-    def __init__(self, transform: ImageTransform):
-        self.transform = transform
+    The image datasets' `__getitems__` (PyTorch's hook for batched loading) write every image
+    straight into its row of one uint8 batch and gather the other fields with one index each;
+    `collate_items` then hands `batch` on as it is. As a list it holds the same items as
+    `__getitem__` would give (views into the batch), so `default_collate` also works, one copy later.
+    """
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        pixels = [item["pixels"] for item in items] if "pixels" in items[0] else None
-        batch = default_collate([{k: v for k, v in item.items() if k != "pixels"} for item in items])
-        if pixels is not None:
-            batch = {"pixel_values": self.transform.normalize_batch(pixels), **batch}
-        return batch
+    def __init__(self, batch: dict[str, torch.Tensor]):
+        columns = {key: value.unbind(0) for key, value in batch.items()}
+        super().__init__(
+            dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+        )
+        self.batch = batch
+
+
+def _new_pixel_batch(size: int, image_size: Sequence[int]) -> torch.Tensor:
+    """An uninitialised uint8 batch (size, 3, H, W); in shared memory inside a DataLoader worker.
+
+    Shared memory is where a worker's batch has to go to reach the main process; allocating it
+    there directly (as `default_collate` does) saves moving it later.
+    """
+    shape = (size, 3, *image_size)
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape)
+
+
+def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate dataset items into a batch: `default_collate`, except that items built as one batch
+    (`PrecollatedItems`, from the datasets' `__getitems__`) give that batch, with no copy."""
+    if isinstance(items, PrecollatedItems):
+        return items.batch
+    return default_collate(items)

@@ -1,26 +1,66 @@
-"""Identity-balanced batches (P identities x K samples), split across DDP ranks.
+"""Training-order samplers whose order is a function of (seed, epoch), so that resumed runs repeat it.
 
-Losses that compare samples within a batch (SDM's same-identity targets, triplets) need several
-samples of each identity in a batch; plain shuffling rarely gives them. `IdentityBatchSampler` plans
-one epoch at a time, from `(seed, epoch)` alone, so every rank computes the same plan and takes its
-own share of the batches: ranks never see the same batch, and all ranks get the same number of steps.
+`SeededRandomSampler` shuffles like `RandomSampler`, but draws each epoch's order from its own
+generator seeded with `seed + epoch` instead of the global RNG: a run resumed from a checkpoint at
+epoch e sees the order the uninterrupted run saw. Under DDP Lightning swaps it (as any
+`RandomSampler`) for a `DistributedSampler(shuffle=True, seed=<seed_everything seed>)`, which follows
+the same rule and gives each rank its own share.
+
+`IdentityBatchSampler` makes identity-balanced batches (P identities x K samples), split across DDP
+ranks. Losses that compare samples within a batch (SDM's same-identity targets, triplets) need
+several samples of each identity in a batch; plain shuffling rarely gives them. It plans one epoch
+at a time, from `(seed, epoch)` alone, so every rank computes the same plan and takes its own share
+of the batches: ranks never see the same batch, and all ranks get the same number of steps.
 
 Under a Lightning `Trainer` with DDP, Lightning replaces a batch sampler's `sampler` argument with a
 `DistributedSampler` (`use_distributed_sampler=True`, the default) and calls `set_epoch` on it
-every epoch. This class takes the rank, world size and epoch from that sampler, so it works with
-Lightning's re-wrapping rather than against it; with `use_distributed_sampler=False` (or outside
-Lightning) pass `num_replicas`/`rank` and call `set_epoch` yourself.
+every epoch. `IdentityBatchSampler` takes the rank, world size and epoch from that sampler, so it
+works with Lightning's re-wrapping rather than against it; with `use_distributed_sampler=False` (or
+outside Lightning) pass `num_replicas`/`rank` and call `set_epoch` yourself.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 
 import numpy as np
+import torch
 import torch.distributed as dist
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
+
+
+class SeededRandomSampler(RandomSampler):
+    """A random permutation of `data_source` per epoch, drawn from `seed + epoch` alone.
+
+    `set_epoch(epoch)` picks the epoch (Lightning's fit loop calls it on the train loader's sampler
+    at the start of every epoch, resumed runs included); iterating twice in one epoch repeats the
+    order. `seed=None` takes `seed_everything`'s seed (the ``PL_GLOBAL_SEED`` environment variable,
+    else 0) when the sampler is made: the seed Lightning gives its `DistributedSampler` under DDP, so
+    a single process sees the order a one-process `DistributedSampler(shuffle=True)` would.
+
+    Being a `RandomSampler`, it is replaced by that `DistributedSampler` when Lightning runs DDP
+    (with the default `use_distributed_sampler=True`); each rank then gets its own share.
+    """
+
+    def __init__(self, data_source: Sized, seed: int | None = None):
+        super().__init__(data_source)
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of `epoch` from the next iteration on."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+    def __len__(self) -> int:
+        return len(self.data_source)
 
 
 class IdentityBatchSampler(BatchSampler):

@@ -2,13 +2,16 @@
 
 The reference recipe (IRRA) is: bicubic resize to 384x128, horizontal flip (p=0.5), pad 10 px with
 black and crop back at a random offset, CLIP normalisation, random erasing (p=0.5, area 2-40%).
-`ImageTransform` does the same in two halves so that data loaders stay cheap: `pixels` returns the
-resized, augmented uint8 image (what worker processes hand over: a quarter of the bytes of float),
-`normalize` turns uint8 pixels into CLIP-normalised floats, written straight into the batch.
+Data loaders do everything but the normalisation: `ImageTransform.pixels` gives the resized,
+augmented image as uint8 (erased areas filled with the mean colour, so they normalise to ~0), and
+batches carry uint8 pixels, a quarter of the bytes of float32 to write, share between processes,
+pin and copy to the GPU. `normalize_pixels` turns them into CLIP-normalised floats on whatever
+device they are on, after the transfer. `ImageTransform.__call__` does both, for single images.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Sequence
@@ -40,15 +43,61 @@ def load_image(path: str | Path) -> Image.Image:
     return image
 
 
+def normalize_pixels(
+    pixels: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> torch.Tensor:
+    """uint8 pixels (B, 3, H, W) or (3, H, W) -> `(pixels / 255 - mean) / std` as `dtype`, same device.
+
+    Floating-point input is returned unchanged (taken as already normalised), so a model step can
+    call this on any batch. The arithmetic is one multiply and one add, each rounded to float32
+    (float64 for a float64 `dtype`): `pixels * (1 / (255 std)) + (-mean / std)`, bit for bit what
+    the loaders computed when batches were float, then cast to `dtype` (bfloat16, float16).
+    """
+    if pixels.is_floating_point():
+        return pixels
+    if pixels.dtype != torch.uint8:
+        raise TypeError(
+            f"normalize_pixels expects uint8 pixels (or floats, passed through), got {pixels.dtype}"
+        )
+    if pixels.dim() not in (3, 4) or pixels.shape[-3] != 3:
+        raise ValueError(
+            f"normalize_pixels expects pixels shaped (B, 3, H, W) or (3, H, W), got {tuple(pixels.shape)}"
+        )
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    scale, shift = _normalization(pixels.device, compute, tuple(mean), tuple(std))
+    return pixels.to(compute).mul_(scale).add_(shift).to(dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _normalization(
+    device: torch.device, dtype: torch.dtype, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of `normalized = pixel * scale + shift` for pixels in 0..255, shaped (3, 1, 1)."""
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need one value per colour channel, got {mean} and {std}")
+    mean_t = torch.tensor(mean, dtype=dtype).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=dtype).view(3, 1, 1)
+    return (1.0 / (255.0 * std_t)).to(device), (-mean_t / std_t).to(device)
+
+
 class ImageTransform:
     """Resize to `image_size` (height, width), augment when `train`, normalise with CLIP's mean/std.
 
-    `__call__` maps one image (PIL image or path) to a float tensor (3, H, W). The augmentations run
-    only with `train=True`, each can be switched off: `flip` (horizontal, p=0.5), `pad_crop`
-    (shift by up to `padding` px with black fill, as pad + random crop), `random_erasing`
-    (a rectangle of `erasing_scale` of the area and aspect in `erasing_ratio`, filled with the mean
-    colour, with probability `erasing_probability`). Random draws use Python's `random`, which
-    `lightning.seed_everything` and each DataLoader worker seed.
+    `pixels` maps one image (PIL image or path) to the resized, augmented uint8 tensor (3, H, W):
+    what the data loaders batch (`write_pixels` writes it into a given array instead). `__call__`
+    also normalises it (`normalize_pixels` with this transform's `mean`/`std`) into a float32
+    tensor (3, H, W), for single images at inference.
+
+    The augmentations run only with `train=True`, each can be switched off: `flip` (horizontal,
+    p=0.5), `pad_crop` (shift by up to `padding` px with black fill, as pad + random crop),
+    `random_erasing` (a rectangle of `erasing_scale` of the area and aspect in `erasing_ratio`,
+    filled with the mean colour, with probability `erasing_probability`). Random draws use Python's
+    `random`, which `lightning.seed_everything` and each DataLoader worker seed.
     """
 
     def __init__(
@@ -69,6 +118,10 @@ class ImageTransform:
             raise ValueError(f"image_size must be (height, width) with positive sides, got {image_size!r}")
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
+        if train and pad_crop and padding >= min(image_size):
+            raise ValueError(
+                f"padding ({padding}) must be smaller than both sides of image_size {tuple(image_size)}"
+            )
         if not 0.0 <= erasing_probability <= 1.0:
             raise ValueError(f"erasing_probability must be in [0, 1], got {erasing_probability}")
         if not 0.0 < erasing_scale[0] <= erasing_scale[1] < 1.0:
@@ -84,12 +137,11 @@ class ImageTransform:
         self.erasing_probability = erasing_probability
         self.erasing_scale = erasing_scale
         self.erasing_log_ratio = (math.log(erasing_ratio[0]), math.log(erasing_ratio[1]))
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        # normalised = pixel * scale + shift, with pixel in 0..255
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
-        self._fill = torch.tensor([round(255 * m) for m in mean], dtype=torch.uint8).view(3, 1, 1)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values each, std positive; got {mean} and {std}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self._fill = np.array([round(255 * m) for m in mean], dtype=np.uint8).reshape(3, 1, 1)
 
     def __repr__(self) -> str:
         augment = [
@@ -104,16 +156,27 @@ class ImageTransform:
         return f"ImageTransform(image_size={self.image_size}, augment={augment or None})"
 
     def __call__(self, image: Image.Image | str | Path) -> torch.Tensor:
-        """A CLIP-normalised float tensor (3, H, W)."""
-        return self.normalize(self.pixels(image))
+        """A normalised float32 tensor (3, H, W): `normalize_pixels(self.pixels(image))`."""
+        return normalize_pixels(self.pixels(image), mean=self.mean, std=self.std)
 
     def pixels(self, image: Image.Image | str | Path) -> torch.Tensor:
         """The resized (and, when training, augmented) image as uint8 (3, H, W)."""
+        pixels = np.empty((3, *self.image_size), dtype=np.uint8)
+        self.write_pixels(image, pixels)
+        return torch.from_numpy(pixels)
+
+    def write_pixels(self, image: Image.Image | str | Path, out: np.ndarray) -> None:
+        """Write what `pixels` returns into `out`, a uint8 array (3, H, W) such as one row of a batch.
+
+        Datasets fill whole batches this way (`batch.numpy()[i]`), without a stacking copy.
+        """
+        height, width = self.image_size
+        if out.shape != (3, height, width) or out.dtype != np.uint8:
+            raise ValueError(f"out must be a uint8 array (3, {height}, {width}), got {out.dtype} {out.shape}")
         if not isinstance(image, Image.Image):
             image = load_image(image)
         elif image.mode != "RGB":
             image = image.convert("RGB")
-        height, width = self.image_size
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BICUBIC)
         flip = self.train and self.flip and random.random() < 0.5
@@ -122,8 +185,8 @@ class ImageTransform:
             dy = random.randint(-self.padding, self.padding)
             dx = random.randint(-self.padding, self.padding)
         # Each colour plane is copied once, straight into its shifted (and mirrored) place: pad + crop
-        # is a shift with black fill, so only the uncovered border needs zeroing.
-        pixels = np.empty((3, height, width), dtype=np.uint8)
+        # is a shift with black fill, so only the uncovered border needs zeroing. All in numpy and with
+        # few calls: in a loader, between JPEG decodes, each numpy or torch call costs microseconds.
         rows_to, rows_from = _overlap(dy, height)
         cols_to, cols_from = _overlap(dx, width)
         if flip:  # columns a..b-1 of the mirrored image are columns W-1-a down to W-b of the original
@@ -131,18 +194,19 @@ class ImageTransform:
             cols_from = slice(width - 1 - cols_from.start, stop if stop >= 0 else None, -1)
         for channel, band in enumerate("RGB"):
             plane = np.frombuffer(image.tobytes("raw", band), dtype=np.uint8).reshape(height, width)
-            pixels[channel, rows_to, cols_to] = plane[rows_from, cols_from]
-        if dy or dx:
-            pixels[:, : rows_to.start] = 0
-            pixels[:, rows_to.stop :] = 0
-            pixels[:, :, : cols_to.start] = 0
-            pixels[:, :, cols_to.stop :] = 0
-        pixels = torch.from_numpy(pixels)
+            out[channel, rows_to, cols_to] = plane[rows_from, cols_from]
+        if dy > 0:
+            out[:, :dy] = 0
+        elif dy < 0:
+            out[:, dy:] = 0
+        if dx > 0:
+            out[:, :, :dx] = 0
+        elif dx < 0:
+            out[:, :, dx:] = 0
         if self.train and self.random_erasing and random.random() < self.erasing_probability:
-            self._erase(pixels)
-        return pixels
+            self._erase(out)
 
-    def _erase(self, pixels: torch.Tensor) -> None:
+    def _erase(self, pixels: np.ndarray) -> None:
         """Fill one random rectangle with the mean colour, in place (up to 10 tries, as torchvision)."""
         _, height, width = pixels.shape
         area = height * width
@@ -156,30 +220,6 @@ class ImageTransform:
                 left = random.randint(0, width - w)
                 pixels[:, top : top + h, left : left + w] = self._fill
                 return
-
-    def normalize(self, pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 pixels (..., 3, H, W) -> CLIP-normalised float32, written into `out` if given."""
-        if out is None:
-            out = torch.empty(pixels.shape, dtype=torch.float32)
-        out.copy_(pixels)
-        return out.mul_(self._scale).add_(self._shift)
-
-    def normalize_batch(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Stack uint8 images (3, H, W) into one normalised float batch (B, 3, H, W).
-
-        Each image is normalised straight into its slot (while it is in cache). Inside a DataLoader
-        worker the batch is allocated in shared memory, as `default_collate` does, so handing it to
-        the main process costs no copy.
-        """
-        shape = (len(images), *images[0].shape)
-        if torch.utils.data.get_worker_info() is not None:
-            storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
-            batch = torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
-        else:
-            batch = torch.empty(shape, dtype=torch.float32)
-        for slot, image in zip(batch, images, strict=True):
-            self.normalize(image, out=slot)
-        return batch
 
 
 def _overlap(shift: int, size: int) -> tuple[slice, slice]:
