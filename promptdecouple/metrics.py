@@ -1,0 +1,564 @@
+"""Text-to-image retrieval metrics: Rank-k, mAP and mINP, exact, in bounded memory, and DDP-safe.
+
+Every query (a caption) is ranked against the whole gallery (the images) by cosine similarity; a gallery item
+is a match when it shows the query's identity. With the match ranks ``r_1 < ... < r_m`` of one query:
+
+- Rank-k: 1 if ``r_1 <= k``; its mean over queries is the CMC value at k;
+- AP: ``mean_i(i / r_i)``, over all ``m`` matches (no top-k truncation);
+- INP: ``m / r_m`` (Zheng et al.'s inverse negative penalty: how deep the hardest match lies).
+
+These are the numbers TIReID code (IRRA and its forks) gets by sorting the whole query x gallery matrix. Here
+nothing is sorted: queries are taken in chunks, each chunk's similarities to the gallery come from one matmul,
+and the rank of a match is the number of gallery items scoring at least as high as it. Those counts come from
+comparison passes, one per match score, over blocks of the chunk small enough to stay in a core's cache; when
+queries have many matches and few gallery items remain above a match score, the items above it are gathered and
+the higher matches counted on them alone. Time stays close to that of the similarity matmul itself and memory
+to one chunk (``benchmarks/retrieval_metrics.py``).
+
+Ties (equal similarities) are ranked pessimistically: a non-matching item that scores exactly as high as a match
+is placed before it. This equals a full stable sort by (similarity descending, non-matches first), makes the
+result independent of gallery order, and gives a model that maps everything to one feature the worst score rather
+than a lucky one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+__all__ = ["RetrievalMetrics", "retrieval_metrics"]
+
+UnmatchedPolicy = Literal["warn", "error", "ignore"]
+_UNMATCHED_POLICIES = ("warn", "error", "ignore")
+_ROLES = ("query", "gallery")
+
+# Similarity entries per chunk when chunk_size is None (64 MB of float32).
+_AUTO_CHUNK_ENTRIES = 1 << 24
+# Similarity entries per thread compared per step of a counting pass on CPU: they stay in a core's cache.
+_PASS_BLOCK_ENTRIES = 1 << 17
+# Cost model, in comparison passes over a chunk (measured on CPU): gathering the entries at or above a
+# threshold and counting t thresholds on them costs about 12 + t passes, plus 450 passes per gathered share
+# of the chunk. Passes win unless queries have many matches; the model only decides speed, never the result.
+_GATHER_FIXED_COST = 12.0
+_GATHER_COST_PER_THRESHOLD = 1.0
+_GATHER_ITEM_COST = 450.0
+# Upper bound on (gathered entries x thresholds) processed at once.
+_CANDIDATE_BLOCK = 1 << 22
+
+
+@torch.no_grad()
+def retrieval_metrics(
+    query_features: Tensor,
+    query_pids: Tensor,
+    gallery_features: Tensor,
+    gallery_pids: Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int | None = None,
+    unmatched_queries: UnmatchedPolicy = "warn",
+) -> dict[str, float]:
+    """Rank-k, mAP and mINP (in percent) of ranking the gallery for every query by cosine similarity.
+
+    Args:
+        query_features: ``(Q, D)`` query embeddings (normalised here; any float dtype, any device).
+        query_pids: ``(Q,)`` integer identity of each query.
+        gallery_features: ``(G, D)`` gallery embeddings, on the same device as the queries.
+        gallery_pids: ``(G,)`` integer identity of each gallery item.
+        ks: the cut-offs reported as ``R<k>``.
+        chunk_size: queries compared with the gallery at once. Working memory is the ``chunk_size x G``
+            similarity block (float32 unless the features are float64), and at most as much again; None picks
+            ``2**24 // G`` queries (64 MB of similarities).
+        unmatched_queries: what to do with queries whose identity has no gallery item (they cannot be scored):
+            ``"warn"`` leaves them out of every average and warns how many, ``"error"`` raises, ``"ignore"``
+            leaves them out silently.
+
+    Returns:
+        ``{"R<k>": ..., "mAP": ..., "mINP": ...}`` as floats in percent, averaged over the scored queries.
+        Ties are ranked pessimistically (see the module docstring); the numbers are exact for the similarities
+        as computed.
+    """
+    ks = _check_ks(ks)
+    if chunk_size is not None:
+        _check_positive_int(chunk_size, "chunk_size")
+    _check_policy(unmatched_queries)
+    queries = _check_features(query_features, "query_features")
+    gallery = _check_features(gallery_features, "gallery_features")
+    qpids = _check_pids(query_pids, "query_pids", len(queries), queries.device)
+    gpids = _check_pids(gallery_pids, "gallery_pids", len(gallery), queries.device)
+    if gallery.device != queries.device:
+        raise ValueError(
+            f"query_features are on {queries.device} but gallery_features on {gallery.device}; "
+            "put both on one device"
+        )
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"query_features have {queries.shape[1]} dimensions but gallery_features {gallery.shape[1]}"
+        )
+
+    best, last, ap, num_matches = _query_statistics(
+        queries, qpids, gallery, gpids, chunk_size=chunk_size, unmatched_queries=unmatched_queries
+    )
+    scores = {f"R{k}": 100.0 * (best <= k).double().mean().item() for k in ks}
+    scores["mAP"] = 100.0 * ap.mean().item()
+    scores["mINP"] = 100.0 * (num_matches.double() / last.double()).mean().item()
+    return scores
+
+
+def _query_statistics(
+    queries: Tensor,
+    query_pids: Tensor,
+    gallery: Tensor,
+    gallery_pids: Tensor,
+    chunk_size: int | None = None,
+    unmatched_queries: UnmatchedPolicy = "warn",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per scored query: rank of the first match, rank of the last match, AP (float64), number of matches.
+
+    Unmatched queries are dropped according to ``unmatched_queries``; the others keep their order. Inputs are
+    assumed validated.
+    """
+    dtype = torch.float64 if torch.float64 in (queries.dtype, gallery.dtype) else torch.float32
+    device = queries.device
+
+    # Gallery positions grouped by identity: the matches of pid p are order[start[p] : start[p] + count[p]].
+    order = torch.argsort(gallery_pids, stable=True)
+    identities, counts = torch.unique_consecutive(gallery_pids[order], return_counts=True)
+    starts = counts.cumsum(0) - counts
+    slot = torch.searchsorted(identities, query_pids).clamp_(max=len(identities) - 1)
+    matched = identities[slot] == query_pids
+    num_unmatched = int((~matched).sum())
+    if num_unmatched:
+        message = (
+            f"{num_unmatched} of {len(query_pids)} queries have an identity with no gallery item; "
+            "they cannot be ranked"
+        )
+        if num_unmatched == len(query_pids):
+            raise ValueError(f"{message}, and that is all of them: no query can be scored")
+        if unmatched_queries == "error":
+            raise ValueError(f"{message} (unmatched_queries='error')")
+        if unmatched_queries == "warn":
+            warnings.warn(
+                f"{message} and are left out of every metric (pass unmatched_queries='error' to refuse them "
+                "or 'ignore' to silence this)",
+                UserWarning,
+                stacklevel=3,
+            )
+        queries, slot = queries[matched], slot[matched]
+
+    gallery_t = F.normalize(gallery.to(dtype), dim=1).T
+    queries = F.normalize(queries.to(dtype), dim=1)
+    num_gallery = gallery_t.shape[1]
+    chunk_size = chunk_size or max(1, _AUTO_CHUNK_ENTRIES // num_gallery)
+    rows = min(chunk_size, len(queries))
+    sims_buffer = torch.empty(rows, num_gallery, dtype=dtype, device=device)
+    if device.type == "cpu":  # passes over cache-sized blocks; on accelerators, fewer and larger kernels
+        block_rows = min(rows, max(1, _PASS_BLOCK_ENTRIES * torch.get_num_threads() // num_gallery))
+    else:
+        block_rows = rows
+    scratch = _Scratch(torch.empty(block_rows, num_gallery, dtype=dtype, device=device), rows)
+
+    # Queries with equally many matches go together, so that no chunk pads many queries to a long one.
+    num_matches = counts[slot]
+    by_width = torch.argsort(num_matches, stable=True)
+    plan = _CountingPlan()
+    best, last, ap = (
+        torch.empty(len(slot), dtype=t, device=device) for t in (torch.int64, torch.int64, torch.float64)
+    )
+    for begin in range(0, len(slot), chunk_size):
+        chunk = by_width[begin : begin + chunk_size]
+        sims = torch.mm(queries[chunk], gallery_t, out=sims_buffer[: len(chunk)])
+        m = num_matches[chunk]
+        widths = m.tolist()
+        offsets = torch.arange(widths[-1], device=device)
+        valid = offsets < m[:, None]
+        columns = order[(starts[slot[chunk]][:, None] + offsets).clamp_(max=num_gallery - 1)]
+        match_scores = sims.gather(1, columns).masked_fill_(~valid, float("inf"))
+        thresholds = match_scores.sort(dim=1).values  # ascending per query, +inf padding last
+        at_least = _count_at_least(sims, thresholds, widths, scratch, plan)
+        # Pessimistic ranks: the match with the j-th lowest score is the (m - j)-th best match, and is preceded
+        # by every non-match scoring at least as high.
+        matches_at_least = m[:, None] - torch.searchsorted(thresholds, thresholds)
+        position = m[:, None] - offsets
+        ranks = position + at_least - matches_at_least
+        best[chunk] = ranks.gather(1, (m - 1)[:, None]).squeeze(1)
+        last[chunk] = at_least[:, 0]
+        ap[chunk] = torch.where(valid, position.double() / ranks.double(), 0.0).sum(1) / m
+    return best, last, ap, num_matches
+
+
+class _Scratch:
+    """Reusable buffers: a block of comparison results, and (made on first use) a boolean chunk."""
+
+    def __init__(self, block: Tensor, rows: int) -> None:
+        self.block = block
+        self.rows = rows
+        self._flags: Tensor | None = None
+
+    def flags(self, rows: int) -> Tensor:
+        if self._flags is None:
+            self._flags = torch.empty(
+                self.rows, self.block.shape[1], dtype=torch.bool, device=self.block.device
+            )
+        return self._flags[:rows]
+
+
+class _CountingPlan:
+    """Which thresholds to count by comparison passes and which on gathered entries, chunk after chunk.
+
+    A comparison pass costs the same whatever the threshold; gathering the entries at or above a threshold
+    costs a fixed amount plus an amount per entry, so it pays once few entries remain above the threshold.
+    The share of entries at or above each threshold index, measured on one chunk, predicts the next chunk;
+    the first chunk is counted by passes alone.
+    """
+
+    def __init__(self) -> None:
+        self.density: list[float] | None = None
+
+    def first_gathered(self, widths: list[int]) -> int:
+        """Index of the first threshold to count on gathered entries (``max(widths)``: gather nothing)."""
+        width = widths[-1]
+        if self.density is None:
+            return width
+        density = (self.density + [self.density[-1]] * width)[:width]
+        # pass_cost[j] = share of the chunk's rows having a threshold j (rows are sorted by width)
+        pass_cost = [1.0 - bisect.bisect_right(widths, j) / len(widths) for j in range(width)]
+        costs, passes = [], 0.0
+        for j in range(width):
+            costs.append(passes + _gather_cost(density[j], width - 1 - j))
+            passes += pass_cost[j]
+        costs.append(passes)
+        return min(range(width + 1), key=costs.__getitem__)
+
+    def record(self, counts: Tensor, entries: int) -> None:
+        self.density = (counts.sum(0).double() / entries).tolist()
+
+
+def _gather_cost(density: float, remaining: int) -> float:
+    """Cost (in passes) of counting ``remaining + 1`` thresholds on gathered entries of the given share."""
+    return _GATHER_FIXED_COST + _GATHER_COST_PER_THRESHOLD * (remaining + 1) + _GATHER_ITEM_COST * density
+
+
+def _count_at_least(
+    sims: Tensor, thresholds: Tensor, widths: list[int], scratch: _Scratch, plan: _CountingPlan
+) -> Tensor:
+    """``counts[r, j]`` = number of entries of ``sims[r]`` that are ``>= thresholds[r, j]``.
+
+    ``thresholds`` is ascending per row, and ``+inf`` beyond each row's width (``widths``, ascending).
+    """
+    num_rows, num_gallery = sims.shape
+    width = widths[-1]
+    # Counts are summed as floats (far faster than summing booleans on CPU); float32 holds every integer
+    # below 2**24 exactly.
+    count_dtype = torch.float64 if num_gallery >= 2**24 else sims.dtype
+    counts = torch.zeros(width, num_rows, dtype=count_dtype, device=sims.device)
+    first_gathered = plan.first_gathered(widths)
+    if first_gathered < width:
+        passes_left = sum(max(0, w - first_gathered) for w in widths) / num_rows
+        max_share = (passes_left - _gather_cost(0.0, width - 1 - first_gathered)) / _GATHER_ITEM_COST
+        gathered = _count_on_candidates(
+            sims, thresholds[:, first_gathered:], scratch.flags(num_rows), max(0.0, max_share)
+        )
+        if gathered is None:  # far more entries than the previous chunk predicted: count by passes
+            first_gathered = width
+        else:
+            counts[first_gathered:] = gathered.T
+    _count_by_passes(sims, thresholds, widths, first_gathered, scratch.block, counts)
+    counts = counts.T.long()
+    plan.record(counts, sims.numel())
+    return counts
+
+
+def _count_by_passes(
+    sims: Tensor, thresholds: Tensor, widths: list[int], stop: int, block: Tensor, counts: Tensor
+) -> None:
+    """``counts[j, r]`` for thresholds ``j < stop``: one comparison pass per threshold, block of rows by block.
+
+    Blocks of rows small enough to stay in cache are compared with all their thresholds in turn, which is
+    several times faster than sweeping the whole chunk once per threshold.
+    """
+    step = block.shape[0]
+    for begin in range(0, len(widths), step):
+        end = min(begin + step, len(widths))
+        rows, mask = sims[begin:end], block[: end - begin]
+        for j in range(min(stop, widths[end - 1])):
+            torch.ge(rows, thresholds[begin:end, j : j + 1], out=mask)
+            torch.sum(mask, 1, dtype=counts.dtype, out=counts[j, begin:end])
+
+
+def _count_on_candidates(sims: Tensor, thresholds: Tensor, flags: Tensor, max_share: float) -> Tensor | None:
+    """``counts[r, t]`` = entries of ``sims[r]`` that are ``>= thresholds[r, t]``, from the gathered entries
+    ``>= thresholds[r, 0]`` alone. ``flags`` is a boolean scratch buffer shaped like ``sims``.
+
+    Returns None, having counted nothing, when more than ``max_share`` of the entries would be gathered.
+    """
+    num_rows, num_gallery = sims.shape
+    width = thresholds.shape[1]
+    flat = torch.ge(sims, thresholds[:, :1], out=flags).view(-1).nonzero().squeeze(1)
+    if len(flat) > max_share * sims.numel():
+        return None
+    rows = torch.div(flat, num_gallery, rounding_mode="floor")
+    values = sims.view(-1).index_select(0, flat)
+    higher = thresholds[:, 1:]
+    # histogram[r, t] = gathered entries of row r at or above exactly t of its higher thresholds
+    histogram = torch.zeros(num_rows * width, dtype=torch.int64, device=sims.device)
+    step = max(1, _CANDIDATE_BLOCK // width)
+    for begin in range(0, len(flat), step):
+        block_rows = rows[begin : begin + step]
+        passed = torch.searchsorted(
+            higher.index_select(0, block_rows), values[begin : begin + step, None], right=True
+        ).squeeze(1)
+        histogram += torch.bincount(block_rows * width + passed, minlength=len(histogram))
+    # at or above threshold t  <=>  at or above at least t of the higher ones (all are above the lowest)
+    return histogram.view(num_rows, width).flip(1).cumsum(1).flip(1)
+
+
+class RetrievalMetrics(Metric):
+    """``retrieval_metrics`` accumulated over batches and processes, for validation and test loops.
+
+    ``update(features, pids, indices, role="query" | "gallery")`` stores one batch of queries or gallery
+    items; ``indices`` are the items' positions in their dataset. ``compute()`` gathers every process's items,
+    keeps one copy per index (Lightning's ``DistributedSampler`` pads the evaluation sets by repeating items,
+    which would otherwise count them twice) and returns the same dict as ``retrieval_metrics``. The result does
+    not depend on the number of processes or on how items were split among them.
+
+    Pass ``compute_on_cpu=True`` to move the stored features to CPU after every update (GPU memory stays free;
+    the final computation then runs on CPU). Gathering works with that option under NCCL as well, and when a
+    process received no items at all.
+
+    In a LightningModule whose evaluation loaders are (queries, gallery)::
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            role = ("query", "gallery")[dataloader_idx]
+            self.val_retrieval.update(self.embed(batch), batch["pid"], batch["index"], role=role)
+
+        def on_validation_epoch_end(self):
+            self.log_dict({f"val/{k}": v for k, v in self.val_retrieval.compute().items()})
+            self.val_retrieval.reset()
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self,
+        ks: Sequence[int] = (1, 5, 10),
+        chunk_size: int | None = None,
+        unmatched_queries: UnmatchedPolicy = "warn",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("dist_sync_fn", _gather_state)
+        super().__init__(**kwargs)
+        self.ks = _check_ks(ks)
+        self.chunk_size = None if chunk_size is None else _check_positive_int(chunk_size, "chunk_size")
+        self.unmatched_queries = _check_policy(unmatched_queries)
+        for role in _ROLES:
+            for field in ("features", "pids", "indices"):
+                self.add_state(f"{role}_{field}", default=[], dist_reduce_fx="cat")
+
+    def update(self, features: Tensor, pids: Tensor, indices: Tensor, role: str = "query") -> None:
+        """Store a batch of query (``role="query"``) or gallery (``role="gallery"``) embeddings."""
+        if role not in _ROLES:
+            raise ValueError(f"role must be 'query' or 'gallery', got {role!r}")
+        if not isinstance(features, Tensor) or features.ndim != 2:
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(f"{role} features must be a 2-D tensor (batch, dim), got {shape}")
+        pids = _check_pids(pids, f"{role} pids", len(features), features.device)
+        indices = _check_pids(indices, f"{role} indices", len(features), features.device)
+        getattr(self, f"{role}_features").append(features.detach())
+        getattr(self, f"{role}_pids").append(pids)
+        getattr(self, f"{role}_indices").append(indices)
+
+    def compute(self) -> dict[str, float]:
+        """Metrics over every distinct query and gallery item seen by any process."""
+        queries, query_pids = self._distinct("query")
+        gallery, gallery_pids = self._distinct("gallery")
+        return retrieval_metrics(
+            queries,
+            query_pids,
+            gallery,
+            gallery_pids,
+            ks=self.ks,
+            chunk_size=self.chunk_size,
+            unmatched_queries=self.unmatched_queries,
+        )
+
+    def items(self, role: str) -> tuple[Tensor, Tensor]:
+        """(features, pids) of every distinct ``role`` item seen by any process, in index order.
+
+        Gathers across processes like ``compute()``: a collective, so call it on every rank. The local
+        state is kept, so ``compute()`` can follow.
+        """
+        if role not in _ROLES:
+            raise ValueError(f"role must be 'query' or 'gallery', got {role!r}")
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, process_group=self.process_group):
+            return self._distinct(role)
+
+    def _distinct(self, role: str) -> tuple[Tensor, Tensor]:
+        """The stored items of one role, one per index, in index order."""
+        stored = getattr(self, f"{role}_features")
+        features = dim_zero_cat(stored) if not isinstance(stored, list) or stored else None
+        if features is None or features.numel() == 0:  # none given here, or (after a sync) by any process
+            raise ValueError(
+                f"RetrievalMetrics.compute() needs {role} items: call update(..., role={role!r})"
+            )
+        pids = dim_zero_cat(getattr(self, f"{role}_pids"))
+        indices = dim_zero_cat(getattr(self, f"{role}_indices"))
+        order = torch.argsort(indices, stable=True)
+        features, pids, indices = features[order], pids[order], indices[order]
+        first = torch.ones_like(indices, dtype=torch.bool)
+        first[1:] = indices[1:] != indices[:-1]
+        conflict = ~first & (pids != pids.roll(1))
+        if conflict.any():
+            index = int(indices[conflict][0])
+            raise ValueError(f"{role} index {index} was given twice with different pids")
+        return features[first], pids[first]
+
+
+_STATE_DTYPES = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+)
+
+
+def _gather_state(tensor: Tensor, group: Any = None) -> list[Tensor]:
+    """All-gather one metric state across processes (torchmetrics ``dist_sync_fn``).
+
+    Beyond torchmetrics' ``gather_all_tensors``: a process that received no items sends torchmetrics' 1-D
+    float placeholder, which would abort the collective (size mismatch); it is given the shape and dtype of the
+    other processes' state instead. CPU states (``compute_on_cpu=True``) travel through the current GPU when
+    the backend is NCCL, which only moves CUDA tensors. Results come back on the state's device.
+    """
+    device = tensor.device
+    if device.type == "cpu" and "nccl" in str(torch.distributed.get_backend(group)).lower():
+        tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+    world_size = torch.distributed.get_world_size(group)
+    width = tensor.shape[1] if tensor.ndim > 1 else 0
+    layout = torch.tensor(
+        [tensor.numel() > 0, tensor.ndim, width, _STATE_DTYPES.index(tensor.dtype)], device=tensor.device
+    )
+    layouts = [torch.empty_like(layout) for _ in range(world_size)]
+    torch.distributed.all_gather(layouts, layout, group=group)
+    filled = {tuple(row[1:].tolist()) for row in layouts if row[0]}
+    if len(filled) > 1:
+        raise ValueError(f"processes hold metric states of different shapes or dtypes: {sorted(filled)}")
+    if filled and tensor.numel() == 0:
+        ndim, width, dtype = next(iter(filled))
+        shape = (0, width) if ndim == 2 else (0,) * ndim
+        tensor = torch.empty(shape, dtype=_STATE_DTYPES[dtype], device=tensor.device)
+    return [part.to(device) for part in gather_all_tensors(tensor, group)]
+
+
+def _check_features(features: Any, name: str) -> Tensor:
+    if not isinstance(features, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
+    if features.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (items, dim), got shape {tuple(features.shape)}")
+    if features.shape[0] == 0 or features.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(features.shape)})")
+    if not features.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {features.dtype}")
+    # One reduction finds any NaN or infinity (it may also overflow on huge finite values: then look closer).
+    if not bool(torch.isfinite(features.sum())):
+        finite = torch.isfinite(features).all(dim=1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().squeeze(1)
+            raise ValueError(
+                f"{name} contain NaN or infinite values in {len(bad)} row(s), first at row {int(bad[0])}"
+            )
+    return features
+
+
+def _check_pids(pids: Any, name: str, length: int, device: torch.device) -> Tensor:
+    if not isinstance(pids, Tensor):
+        pids = torch.as_tensor(pids)
+    if pids.ndim != 1 or len(pids) != length:
+        raise ValueError(f"{name} must have shape ({length},) to match the features, got {tuple(pids.shape)}")
+    if pids.is_floating_point() or pids.is_complex() or pids.dtype == torch.bool:
+        raise TypeError(f"{name} must be integers, got {pids.dtype}")
+    return pids.to(device=device, dtype=torch.int64)
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"ks contains duplicates: {ks!r}")
+    return ks
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_policy(policy: str) -> str:
+    if policy not in _UNMATCHED_POLICIES:
+        raise ValueError(f"unmatched_queries must be one of {_UNMATCHED_POLICIES}, got {policy!r}")
+    return policy
+
+
+def chance_metrics(
+    query_pids: Tensor, gallery_pids: Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """Expected metrics (percent) of a uniformly random ranking, for judging a model against chance.
+
+    Exact expectations per query with m matches among G gallery items, averaged over the queries
+    that have a match: Rank-k `1 - C(G-m, k) / C(G, k)`; AP `(H_G + (m-1)/(G-1) (G - H_G)) / G`
+    with `H_G` the G-th harmonic number; INP `sum_r m/r P(last match at r)`, where
+    `P(last match at r) = C(r-1, m-1) / C(G, m)`.
+    """
+    ks = _check_ks(ks)
+    gallery_pids = torch.as_tensor(gallery_pids).cpu()
+    query_pids = torch.as_tensor(query_pids).cpu()
+    size = len(gallery_pids)
+    if size == 0 or len(query_pids) == 0:
+        raise ValueError("chance_metrics needs at least one query and one gallery item")
+    ids, counts = torch.unique(gallery_pids, return_counts=True)
+    matches_of = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    matches = [matches_of[p] for p in query_pids.tolist() if p in matches_of]
+    if not matches:
+        raise ValueError("no query identity has an image in the gallery")
+    ranks = torch.arange(1, size + 1, dtype=torch.float64)
+    harmonic = float((1 / ranks).sum())
+
+    def log_choose(n: Tensor | float, k: Tensor | float) -> Tensor:
+        n, k = torch.as_tensor(n, dtype=torch.float64), torch.as_tensor(k, dtype=torch.float64)
+        return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+
+    per_m: dict[int, dict[str, float]] = {}
+    for m in set(matches):
+        values = {}
+        for k in ks:
+            k_eff = min(k, size)
+            miss = (
+                0.0
+                if size - m < k_eff
+                else float(torch.exp(log_choose(size - m, k_eff) - log_choose(size, k_eff)))
+            )
+            values[f"R{k}"] = 1 - miss
+        values["mAP"] = (harmonic + (m - 1) / max(1, size - 1) * (size - harmonic)) / size
+        last = ranks[m - 1 :]
+        p_last = torch.exp(log_choose(last - 1, m - 1) - log_choose(size, m))
+        values["mINP"] = float((m / last * p_last).sum())
+        per_m[m] = values
+    names = [f"R{k}" for k in ks] + ["mAP", "mINP"]
+    return {name: 100 * sum(per_m[m][name] for m in matches) / len(matches) for name in names}
