@@ -1,7 +1,8 @@
-"""The `promptdecouple` command: `data synth` / `data check` here, Lightning subcommands elsewhere.
+"""The `promptdecouple` command: `data synth` / `data check` here, `search` (promptdecouple.search), LightningCLI.
 
 promptdecouple data synth --layout cuhk-pedes --root data/synthetic-cuhk
 promptdecouple data check --dataset cuhk-pedes --root /data/CUHK-PEDES
+promptdecouple search --ckpt best.ckpt --dataset cuhk-pedes --root /data/CUHK-PEDES --query "..." --out grid.png
 promptdecouple fit --config examples/configs/cuhk_pedes.yaml     (LightningCLI)
 """
 
@@ -13,12 +14,24 @@ import sys
 import time
 from collections.abc import Sequence
 
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from promptdecouple.data.annotations import DATASETS, dataset_layout, load_annotations
+from promptdecouple.data.datamodule import TIReIDDataModule
 from promptdecouple.data.transforms import load_image
+from promptdecouple.demo import DemoAssets
+from promptdecouple.metrics import chance_metrics
+from promptdecouple.module import METRIC_NAMES, PromptDecoupleModule
+from promptdecouple.panels import RetrievalPanel
+from promptdecouple.search import search_command
+from promptdecouple.stages import StageSwitch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "data":
         return _data_command(argv[1:])
+    if argv and argv[0] == "search":
+        return search_command(argv[1:])
     return _lightning_cli(argv)
 
 
@@ -34,7 +49,102 @@ def main(argv: list[str] | None = None) -> int:
 
 def _lightning_cli(argv: list[str]) -> int:
     """`fit`, `validate`, `test`, `predict` through LightningCLI."""
-    raise NotImplementedError("LightningCLI subcommands arrive with the training system")
+    PromptDecoupleCLI(args=argv)
+    return 0
+
+
+class PromptDecoupleCLI(LightningCLI):
+    """LightningCLI for `PromptDecoupleModule` + `TIReIDDataModule`, with the stage switch built in.
+
+    - `data.num_classes`, `data.image_size` and `data.text_length` are linked into the model, and
+      the tokenizer (`model.tokenizer`, else `model.clip`) into the data.
+    - `stage_switch.switch_epoch` adds the `StageSwitch` callback (0: one-stage fine-tuning).
+    - The module builds its own optimizer per stage (`auto_configure_optimizers=False`).
+    - An optional `demo:` section makes the demo's synthetic dataset and random CLIP if absent.
+    - After `fit`, `validate` and `test` it prints the retrieval metrics next to chance level.
+    """
+
+    def __init__(self, args: list[str] | None = None, **kwargs) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", SaveConfigToWandb)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(PromptDecoupleModule, TIReIDDataModule, args=args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(StageSwitch, "stage_switch")
+        parser.add_lightning_class_args(RetrievalPanel, "retrieval_panel")
+        parser.add_argument(
+            "--demo",
+            type=DemoAssets | None,
+            default=None,
+            help="make the demo's synthetic dataset and random CLIP first, where they are missing",
+        )
+        parser.link_arguments("data.image_size", "model.image_size")
+        parser.link_arguments("data.text_length", "model.text_length")
+        parser.link_arguments(("model.clip", "model.tokenizer"), "data.tokenizer", compute_fn=_tokenizer_of)
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("demo"):
+            DemoAssets(**config.demo.as_dict()).ensure()
+
+    def after_fit(self) -> None:
+        self._report("val")
+
+    def after_validate(self) -> None:
+        self._report("val")
+
+    def after_test(self) -> None:
+        self._report("test")
+
+    def _report(self, prefix: str) -> None:
+        trainer, data = self.trainer, self.datamodule
+        metrics = {
+            name: float(trainer.callback_metrics[f"{prefix}/{name}"])
+            for name in METRIC_NAMES
+            if f"{prefix}/{name}" in trainer.callback_metrics
+        }
+        if not metrics or not trainer.is_global_zero:
+            return
+        split = data.eval_split if prefix == "val" else "test"
+        queries, gallery = data.eval_set(split)
+        chance = chance_metrics(
+            torch.tensor(queries["pid"].to_numpy()), torch.tensor(gallery["pid"].to_numpy())
+        )
+        table = Table()
+        table.add_column("metric")
+        table.add_column("model", justify="right")
+        table.add_column("chance", justify="right")
+        table.add_column("x chance", justify="right")
+        for name, value in metrics.items():
+            table.add_row(name, f"{value:.2f}", f"{chance[name]:.2f}", f"{value / chance[name]:.1f}")
+        console = Console()
+        console.print(
+            f"Text-to-image retrieval on the {data.layout.title} {split} split: {len(queries)} queries, "
+            f"{len(gallery)} gallery images (chance: a random ranking)",
+            soft_wrap=True,
+        )
+        console.print(table)
+
+
+class SaveConfigToWandb(SaveConfigCallback):
+    """Write `config.yaml` to the log directory and log the full resolved config to W&B, once per run.
+
+    The config (every argument, defaults included) goes to the run config of each `WandbLogger` under
+    the key `config`, so runs can be filtered and compared by any argument (`config.model.prompt_lr`).
+    """
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if loggers:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in loggers:
+                logger.log_hyperparams({"config": config})
+
+
+def _tokenizer_of(clip: str, tokenizer: str | None) -> str:
+    return tokenizer or clip
 
 
 # ---------------------------------------------------------------- data subcommands

@@ -1,0 +1,74 @@
+"""The demo's assets: a synthetic dataset and a small random CLIP, made on first use if absent.
+
+The shipped `examples/configs/demo.yaml` names them in its `demo:` section; the CLI calls
+`DemoAssets.ensure()` before it builds the data module and the model, so the first
+`promptdecouple fit --config examples/configs/demo.yaml` needs no download.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from promptdecouple.data.annotations import dataset_layout
+from promptdecouple.data.synthetic import write_synthetic
+from promptdecouple.model.random_clip import write_random_clip
+
+
+@dataclass
+class DemoAssets:
+    """Where the demo's dataset and CLIP live, and how to make them when they are missing.
+
+    Args:
+        clip_dir: directory of the random CLIP and its tokenizer.
+        data_root: dataset folder, written in the layout of `dataset`.
+        dataset: "cuhk-pedes", "icfg-pedes" or "rstpreid" (the layout of the synthetic twin).
+        num_identities, images_per_identity, image_size, seed: the synthetic dataset.
+        clip_width, clip_layers, clip_heads, clip_image_size: the random CLIP (square pretraining
+            size, like a real CLIP; PromptedCLIP resizes its position table to the image size).
+    """
+
+    clip_dir: str = "artifacts/demo/clip"
+    data_root: str = "artifacts/demo/data"
+    dataset: str = "cuhk-pedes"
+    num_identities: int = 300
+    images_per_identity: int = 4
+    image_size: tuple[int, int] = (128, 64)
+    seed: int = 0
+    clip_width: int = 128
+    clip_layers: int = 4
+    clip_heads: int = 4
+    clip_image_size: int = 64
+
+    def ensure(self) -> None:
+        """Write whichever of the two is missing; leave existing ones untouched."""
+        clip_dir = Path(self.clip_dir)
+        if not (clip_dir / "config.json").is_file():
+            print(f"demo: writing a random CLIP to {clip_dir}")
+            write_random_clip(
+                clip_dir,
+                hidden_size=self.clip_width,
+                num_layers=self.clip_layers,
+                num_heads=self.clip_heads,
+                image_size=self.clip_image_size,
+                seed=self.seed,
+            )
+        data_root = Path(self.data_root)
+        if not _has_annotations(self.dataset, data_root):
+            print(f"demo: writing a synthetic {self.dataset} dataset to {data_root}")
+            write_synthetic(
+                data_root,
+                layout=self.dataset,
+                num_identities=self.num_identities,
+                images_per_identity=self.images_per_identity,
+                image_size=tuple(self.image_size),
+                seed=self.seed,
+            )
+
+
+def _has_annotations(dataset: str, root: Path) -> bool:
+    try:
+        dataset_layout(dataset).annotation_file(root)
+    except FileNotFoundError:
+        return False
+    return True

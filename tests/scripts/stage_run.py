@@ -1,0 +1,123 @@
+"""One training or validation run for the stage tests, single-process or DDP (run as a script).
+
+Lightning's DDP launcher re-executes this script for the other ranks, as it does for the CLI.
+Every epoch end it checks, across ranks, that all parameters are bit-identical, and rank 0 saves
+the parameters, the stage and the validation metrics to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
+
+from promptdecouple import PromptDecoupleModule, StageSwitch, TIReIDDataModule  # noqa: E402
+
+
+class Recorder(Callback):
+    """Saves, per epoch, the parameters (rank 0) and the largest difference between ranks."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: PromptDecoupleModule) -> None:
+        if trainer.global_rank == 0 and trainer.current_epoch == 0:
+            params = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+            torch.save(params, self.out / "init.pt")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: PromptDecoupleModule) -> None:
+        flat = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+        rank_gap = 0.0
+        if dist.is_available() and dist.is_initialized():
+            gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, flat)
+            rank_gap = max(float((g - gathered[0]).abs().max()) for g in gathered)
+        if trainer.global_rank == 0:
+            record = {
+                "epoch": trainer.current_epoch,
+                "stage": pl_module.stage,
+                "rank_gap": rank_gap,
+                "trainable": sorted(n for n, p in pl_module.named_parameters() if p.requires_grad),
+                "optimizer_params": sum(len(g["params"]) for g in trainer.optimizers[0].param_groups),
+                "lr": [g["lr"] for g in trainer.optimizers[0].param_groups],
+                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+            }
+            (self.out / f"epoch{trainer.current_epoch}.json").write_text(json.dumps(record))
+            params = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+            torch.save(params, self.out / f"epoch{trainer.current_epoch}.pt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clip", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--switch", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--resume")
+    parser.add_argument("--validate")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    L.seed_everything(0, verbose=False)
+    data = TIReIDDataModule(
+        "rstpreid",
+        args.data,
+        tokenizer=args.clip,
+        image_size=(64, 32),
+        text_length=32,
+        batch_size=args.batch_size,
+        eval_batch_size=7,
+        num_workers=0,
+        augment=False,
+    )
+    module = PromptDecoupleModule(
+        args.clip,
+        num_classes=data.num_classes,
+        image_size=(64, 32),
+        text_prompt_length=2,
+        vision_prompt_length=2,
+        prompt_lr=1e-2,
+        encoder_lr=1e-3,
+        head_lr=1e-2,
+        stage1_warmup_epochs=0,
+        stage2_warmup_epochs=0,
+        adam_eps=1e-8,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        max_epochs=args.epochs,
+        callbacks=[
+            StageSwitch(args.switch),
+            Recorder(args.out),
+            ModelCheckpoint(dirpath=args.out / "ckpt", filename="{epoch}", save_top_k=-1),
+        ],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    if args.validate:
+        # one dict per evaluation loader (queries, gallery); the epoch-level metrics are in each
+        metrics = trainer.validate(module, datamodule=data, ckpt_path=args.validate, verbose=False)[0]
+        if trainer.global_rank == 0:
+            (args.out / "validate.json").write_text(json.dumps(metrics))
+        return
+    trainer.fit(module, datamodule=data, ckpt_path=args.resume)
+
+
+if __name__ == "__main__":
+    main()

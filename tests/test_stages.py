@@ -1,0 +1,141 @@
+"""StageSwitch: what trains in each stage, DDP synchronisation through the switch, resuming."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from promptdecouple.data import write_synthetic
+from promptdecouple.module import PromptDecoupleModule
+from promptdecouple.stages import StageSwitch, stage_for_epoch
+
+SCRIPT = Path(__file__).parent / "scripts" / "stage_run.py"
+PROMPTS = {"clip.text_prompts.tokens", "clip.vision_prompts.tokens"}
+HEAD = {"classifier.weight", "classifier.bias"}
+FROZEN_ALWAYS = {"clip.clip.logit_scale"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rstpreid")
+    write_synthetic(
+        root, layout="rstpreid", num_identities=30, images_per_identity=2, image_size=(64, 32), seed=3
+    )
+    return root
+
+
+def run(tiny_clip_dir, dataset, out, *extra):
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--clip",
+        str(tiny_clip_dir),
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run([*command, *map(str, extra)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return out
+
+
+def record(out, epoch):
+    return json.loads((out / f"epoch{epoch}.json").read_text())
+
+
+def params(out, name):
+    return torch.load(out / f"{name}.pt")
+
+
+def changed(before, after):
+    return {name for name in before if not torch.equal(before[name], after[name])}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_clip_dir, dataset, tmp_path_factory):
+    return run(
+        tiny_clip_dir, dataset, tmp_path_factory.mktemp("ddp"), "--devices", 2, "--epochs", 3, "--switch", 1
+    )
+
+
+@pytest.fixture(scope="module")
+def single_run(tiny_clip_dir, dataset, tmp_path_factory):
+    return run(tiny_clip_dir, dataset, tmp_path_factory.mktemp("single"), "--epochs", 3, "--switch", 1)
+
+
+def test_stage_for_epoch():
+    assert [stage_for_epoch(e, 2) for e in range(4)] == [1, 1, 2, 2]
+    assert [stage_for_epoch(e, 0) for e in range(2)] == [2, 2]
+    with pytest.raises(ValueError, match="switch_epoch must be >= 0"):
+        StageSwitch(-1)
+
+
+@pytest.mark.parametrize("which", ["ddp_run", "single_run"])
+def test_only_the_stage_parameters_move(which, request):
+    out = request.getfixturevalue(which)
+    init, first, last = params(out, "init"), params(out, "epoch0"), params(out, "epoch2")
+    everything = set(init)
+    assert changed(init, first) == PROMPTS
+    stage2 = everything - PROMPTS - FROZEN_ALWAYS
+    assert changed(first, last) == stage2
+    assert [record(out, e)["stage"] for e in range(3)] == [1, 2, 2]
+    assert set(record(out, 0)["trainable"]) == PROMPTS
+    assert set(record(out, 2)["trainable"]) == stage2
+    # stage 1 keeps no optimizer state for the frozen encoders
+    assert record(out, 0)["optimizer_params"] == 2
+    assert record(out, 2)["optimizer_params"] == len(stage2)
+
+
+def test_ddp_ranks_stay_identical_through_the_switch(ddp_run):
+    assert [record(ddp_run, e)["rank_gap"] for e in range(3)] == [0.0, 0.0, 0.0]
+    assert all(record(ddp_run, e)["metrics"]["val/R1"] >= 0 for e in range(3))
+
+
+@pytest.mark.parametrize("which", ["ddp_run", "single_run"])
+@pytest.mark.parametrize("from_epoch", [0, 1])
+def test_resume_continues_in_the_saved_stage(which, from_epoch, request, tiny_clip_dir, dataset, tmp_path):
+    reference = request.getfixturevalue(which)
+    devices = 2 if which == "ddp_run" else 1
+    ckpt = reference / "ckpt" / f"epoch={from_epoch}.ckpt"
+    out = run(
+        tiny_clip_dir, dataset, tmp_path, "--devices", devices, "--epochs", 3, "--switch", 1, "--resume", ckpt
+    )
+    assert [record(out, e)["stage"] for e in range(from_epoch + 1, 3)] == [2] * (2 - from_epoch)
+    assert record(out, 2)["lr"] == record(reference, 2)["lr"]
+    resumed, uninterrupted = params(out, "epoch2"), params(reference, "epoch2")
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], atol=0, rtol=0, msg=name)
+
+
+def test_ddp_validation_equals_single_process(ddp_run, tiny_clip_dir, dataset, tmp_path):
+    ckpt = ddp_run / "ckpt" / "epoch=2.ckpt"
+    single = run(tiny_clip_dir, dataset, tmp_path / "one", "--validate", ckpt)
+    ddp = run(tiny_clip_dir, dataset, tmp_path / "two", "--devices", 2, "--validate", ckpt)
+    one = json.loads((single / "validate.json").read_text())
+    two = json.loads((ddp / "validate.json").read_text())
+    assert set(one) == {"val/R1", "val/R5", "val/R10", "val/mAP", "val/mINP"}
+    for name, value in one.items():
+        assert two[name] == pytest.approx(value, abs=1e-4), name
+
+
+def test_switch_after_the_last_epoch_warns(tiny_clip_dir):
+    module = PromptDecoupleModule(str(tiny_clip_dir), num_classes=3, image_size=(64, 32))
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.warns(UserWarning, match="stage 2 will never run"):
+        StageSwitch(2).on_fit_start(trainer, module)
+
+
+def test_sharded_strategies_are_refused(tiny_clip_dir):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    module = PromptDecoupleModule(str(tiny_clip_dir), num_classes=3, image_size=(64, 32))
+    trainer = SimpleNamespace(strategy=FSDPStrategy())  # a real FSDP Trainer needs a GPU
+    with pytest.raises(ValueError, match="supports single-device and DDP"):
+        StageSwitch(1).setup(trainer, module, "fit")
