@@ -24,6 +24,7 @@ than a lucky one.
 from __future__ import annotations
 
 import bisect
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -44,7 +45,11 @@ _ROLES = ("query", "gallery")
 # Similarity entries per chunk when chunk_size is None (64 MB of float32).
 _AUTO_CHUNK_ENTRIES = 1 << 24
 # Similarity entries per thread compared per step of a counting pass on CPU: they stay in a core's cache.
+# (Accelerators compare whole chunks.) Blocks that take longer than 1.5 ns per compared entry, about 7 times
+# their normal cost, are stalling (see _Scratch); that is judged once 2**24 entries have been compared.
 _PASS_BLOCK_ENTRIES = 1 << 17
+_STALLED_SECONDS_PER_ENTRY = 1.5e-9
+_STALL_CHECK_ENTRIES = 1 << 24
 # Cost model, in comparison passes over a chunk (measured on CPU): gathering the entries at or above a
 # threshold and counting t thresholds on them costs about 12 + t passes, plus 450 passes per gathered share
 # of the chunk. Passes win unless queries have many matches; the model only decides speed, never the result.
@@ -73,9 +78,9 @@ def retrieval_metrics(
         gallery_features: ``(G, D)`` gallery embeddings, on the same device as the queries.
         gallery_pids: ``(G,)`` integer identity of each gallery item.
         ks: the cut-offs reported as ``R<k>``.
-        chunk_size: queries compared with the gallery at once. Working memory is the ``chunk_size x G``
-            similarity block (float32 unless the features are float64), and at most as much again; None picks
-            ``2**24 // G`` queries (64 MB of similarities).
+        chunk_size: queries compared with the gallery at once. Working memory is at most about twice the
+            chunk's ``chunk_size x G`` similarities (float32 unless the features are float64), on top of the
+            normalised features; None picks ``2**24 // G`` queries (64 MB of similarities).
         unmatched_queries: what to do with queries whose identity has no gallery item (they cannot be scored):
             ``"warn"`` leaves them out of every average and warns how many, ``"error"`` raises, ``"ignore"``
             leaves them out silently.
@@ -159,11 +164,7 @@ def _query_statistics(
     chunk_size = chunk_size or max(1, _AUTO_CHUNK_ENTRIES // num_gallery)
     rows = min(chunk_size, len(queries))
     sims_buffer = torch.empty(rows, num_gallery, dtype=dtype, device=device)
-    if device.type == "cpu":  # passes over cache-sized blocks; on accelerators, fewer and larger kernels
-        block_rows = min(rows, max(1, _PASS_BLOCK_ENTRIES * torch.get_num_threads() // num_gallery))
-    else:
-        block_rows = rows
-    scratch = _Scratch(torch.empty(block_rows, num_gallery, dtype=dtype, device=device), rows)
+    scratch = _Scratch(rows, num_gallery, dtype, device)
 
     # Queries with equally many matches go together, so that no chunk pads many queries to a long one.
     num_matches = counts[slot]
@@ -195,18 +196,31 @@ def _query_statistics(
 
 
 class _Scratch:
-    """Reusable buffers: a block of comparison results, and (made on first use) a boolean chunk."""
+    """Reusable buffers for counting, and how passes are split.
 
-    def __init__(self, block: Tensor, rows: int) -> None:
-        self.block = block
-        self.rows = rows
+    On CPU, passes go over blocks of rows that stay in cache. With several threads each block is a parallel
+    section, and on a machine whose cores are busy with other work every section can wait for a descheduled
+    thread: when blocks turn out that slow, passes switch to whole-chunk operations for the rest of the call.
+    """
+
+    def __init__(self, rows: int, num_gallery: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.rows, self.num_gallery, self.dtype, self.device = rows, num_gallery, dtype, device
+        threads = torch.get_num_threads()
+        block_rows = max(1, _PASS_BLOCK_ENTRIES * threads // num_gallery) if device.type == "cpu" else rows
+        self.block = torch.empty(min(rows, block_rows), num_gallery, dtype=dtype, device=device)
+        self.blocked = self.block.shape[0] < rows
+        self.watch = self.blocked and threads > 1
+        self._chunk_mask: Tensor | None = None
         self._flags: Tensor | None = None
+
+    def chunk_mask(self, rows: int) -> Tensor:
+        if self._chunk_mask is None:
+            self._chunk_mask = torch.empty(self.rows, self.num_gallery, dtype=self.dtype, device=self.device)
+        return self._chunk_mask[:rows]
 
     def flags(self, rows: int) -> Tensor:
         if self._flags is None:
-            self._flags = torch.empty(
-                self.rows, self.block.shape[1], dtype=torch.bool, device=self.block.device
-            )
+            self._flags = torch.empty(self.rows, self.num_gallery, dtype=torch.bool, device=self.device)
         return self._flags[:rows]
 
 
@@ -270,27 +284,36 @@ def _count_at_least(
             first_gathered = width
         else:
             counts[first_gathered:] = gathered.T
-    _count_by_passes(sims, thresholds, widths, first_gathered, scratch.block, counts)
+    _count_by_passes(sims, thresholds, widths, first_gathered, scratch, counts)
     counts = counts.T.long()
     plan.record(counts, sims.numel())
     return counts
 
 
 def _count_by_passes(
-    sims: Tensor, thresholds: Tensor, widths: list[int], stop: int, block: Tensor, counts: Tensor
+    sims: Tensor, thresholds: Tensor, widths: list[int], stop: int, scratch: _Scratch, counts: Tensor
 ) -> None:
-    """``counts[j, r]`` for thresholds ``j < stop``: one comparison pass per threshold, block of rows by block.
+    """``counts[j, r]`` for thresholds ``j < stop``: one comparison pass per threshold.
 
     Blocks of rows small enough to stay in cache are compared with all their thresholds in turn, which is
-    several times faster than sweeping the whole chunk once per threshold.
+    several times faster than sweeping the whole chunk once per threshold (see ``_Scratch`` for when not).
     """
-    step = block.shape[0]
-    for begin in range(0, len(widths), step):
-        end = min(begin + step, len(widths))
-        rows, mask = sims[begin:end], block[: end - begin]
-        for j in range(min(stop, widths[end - 1])):
+    started, compared = time.perf_counter(), 0
+    begin = 0
+    while begin < len(widths):
+        end = min(begin + scratch.block.shape[0], len(widths)) if scratch.blocked else len(widths)
+        rows = sims[begin:end]
+        mask = scratch.block[: end - begin] if scratch.blocked else scratch.chunk_mask(end - begin)
+        passes = min(stop, widths[end - 1])
+        for j in range(passes):
             torch.ge(rows, thresholds[begin:end, j : j + 1], out=mask)
             torch.sum(mask, 1, dtype=counts.dtype, out=counts[j, begin:end])
+        begin = end
+        if scratch.watch and scratch.blocked:
+            compared += rows.numel() * passes
+            seconds = time.perf_counter() - started
+            if compared >= _STALL_CHECK_ENTRIES and seconds > _STALLED_SECONDS_PER_ENTRY * compared:
+                scratch.blocked = False
 
 
 def _count_on_candidates(sims: Tensor, thresholds: Tensor, flags: Tensor, max_share: float) -> Tensor | None:
@@ -527,8 +550,7 @@ def chance_metrics(
     `P(last match at r) = C(r-1, m-1) / C(G, m)`.
     """
     ks = _check_ks(ks)
-    gallery_pids = torch.as_tensor(gallery_pids).cpu()
-    query_pids = torch.as_tensor(query_pids).cpu()
+    gallery_pids, query_pids = _pid_tensor(gallery_pids), _pid_tensor(query_pids)
     size = len(gallery_pids)
     if size == 0 or len(query_pids) == 0:
         raise ValueError("chance_metrics needs at least one query and one gallery item")
@@ -562,3 +584,10 @@ def chance_metrics(
         per_m[m] = values
     names = [f"R{k}" for k in ks] + ["mAP", "mINP"]
     return {name: 100 * sum(per_m[m][name] for m in matches) / len(matches) for name in names}
+
+
+def _pid_tensor(pids: Any) -> Tensor:
+    """A CPU tensor of identities from a tensor, list or (possibly read-only) NumPy array."""
+    if isinstance(pids, Tensor):
+        return pids.detach().cpu()
+    return torch.tensor(list(pids) if not hasattr(pids, "tolist") else pids.tolist())

@@ -112,6 +112,7 @@ class PromptDecoupleModule(L.LightningModule):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+        clip, tokenizer = str(clip), (str(tokenizer) if tokenizer is not None else None)  # checkpoint-safe
         self.save_hyperparameters()
         # Store the resolved tokenizer, so the logged hparams agree with a data module given the same
         # one (Lightning refuses to log the two when a shared key differs). LightningCLI makes
@@ -328,6 +329,11 @@ class PromptDecoupleModule(L.LightningModule):
         """One optimizer over the current stage's trainable parameters, warm-up + cosine per step."""
         hp = self.hparams
         groups = self._parameter_groups()
+        if not groups:
+            raise ValueError(
+                f"stage {self.stage} has nothing to train: both prompt lengths are 0 and stage1_losses has "
+                "no 'id'; train stage 2 only (StageSwitch(switch_epoch=0)) or give the prompts a length"
+            )
         if hp.optimizer == "adam":
             optimizer = torch.optim.Adam(groups, eps=hp.adam_eps, betas=tuple(hp.adam_betas))
         else:

@@ -241,3 +241,20 @@ def test_search_validates_its_inputs(trained):
     result = module.search(gallery[:2], gallery, k=3)
     assert result.indices[:, 0].tolist() == [0, 1]
     torch.testing.assert_close(result.scores[:, 0], torch.ones(2))
+
+
+def test_a_stage_with_nothing_to_train_fails_clearly(tiny_clip_dir):
+    module = make(tiny_clip_dir, text_prompt_length=0, vision_prompt_length=0)
+    with pytest.raises(ValueError, match="stage 1 has nothing to train"):
+        module.configure_optimizers()
+
+
+def test_path_arguments_give_a_loadable_checkpoint(tiny_clip_dir, tmp_path):
+    import lightning as L
+
+    module = PromptDecoupleModule(tiny_clip_dir, num_classes=3, image_size=(64, 32))  # a Path, not a str
+    trainer = L.Trainer(accelerator="cpu", logger=False, max_epochs=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = PromptDecoupleModule.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert loaded.hparams.clip == str(tiny_clip_dir) == loaded.hparams.tokenizer
