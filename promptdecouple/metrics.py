@@ -50,6 +50,8 @@ _AUTO_CHUNK_ENTRIES = 1 << 24
 _PASS_BLOCK_ENTRIES = 1 << 17
 _STALLED_SECONDS_PER_ENTRY = 1.5e-9
 _STALL_CHECK_ENTRIES = 1 << 24
+# torch runs element-wise operations on fewer entries than this on the calling thread only.
+_SERIAL_BLOCK_ENTRIES = 1 << 15
 # Cost model, in comparison passes over a chunk (measured on CPU): gathering the entries at or above a
 # threshold and counting t thresholds on them costs about 12 + t passes, plus 450 passes per gathered share
 # of the chunk. Passes win unless queries have many matches; the model only decides speed, never the result.
@@ -200,23 +202,22 @@ class _Scratch:
 
     On CPU, passes go over blocks of rows that stay in cache. With several threads each block is a parallel
     section, and on a machine whose cores are busy with other work every section can wait for a descheduled
-    thread: when blocks turn out that slow, passes switch to whole-chunk operations for the rest of the call.
+    thread: when blocks turn out that slow, the rest of the call uses blocks below torch's parallel grain
+    size, which run on the calling thread alone.
     """
 
     def __init__(self, rows: int, num_gallery: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.rows, self.num_gallery, self.dtype, self.device = rows, num_gallery, dtype, device
         threads = torch.get_num_threads()
         block_rows = max(1, _PASS_BLOCK_ENTRIES * threads // num_gallery) if device.type == "cpu" else rows
         self.block = torch.empty(min(rows, block_rows), num_gallery, dtype=dtype, device=device)
-        self.blocked = self.block.shape[0] < rows
-        self.watch = self.blocked and threads > 1
-        self._chunk_mask: Tensor | None = None
+        self.block_rows = self.block.shape[0]
+        self.watch = device.type == "cpu" and threads > 1
+        self.rows, self.num_gallery, self.device = rows, num_gallery, device
         self._flags: Tensor | None = None
 
-    def chunk_mask(self, rows: int) -> Tensor:
-        if self._chunk_mask is None:
-            self._chunk_mask = torch.empty(self.rows, self.num_gallery, dtype=self.dtype, device=self.device)
-        return self._chunk_mask[:rows]
+    def serialise(self) -> None:
+        self.block_rows = min(self.block_rows, max(1, _SERIAL_BLOCK_ENTRIES // self.num_gallery))
+        self.watch = False
 
     def flags(self, rows: int) -> Tensor:
         if self._flags is None:
@@ -301,19 +302,18 @@ def _count_by_passes(
     started, compared = time.perf_counter(), 0
     begin = 0
     while begin < len(widths):
-        end = min(begin + scratch.block.shape[0], len(widths)) if scratch.blocked else len(widths)
-        rows = sims[begin:end]
-        mask = scratch.block[: end - begin] if scratch.blocked else scratch.chunk_mask(end - begin)
+        end = min(begin + scratch.block_rows, len(widths))
+        rows, mask = sims[begin:end], scratch.block[: end - begin]
         passes = min(stop, widths[end - 1])
         for j in range(passes):
             torch.ge(rows, thresholds[begin:end, j : j + 1], out=mask)
             torch.sum(mask, 1, dtype=counts.dtype, out=counts[j, begin:end])
         begin = end
-        if scratch.watch and scratch.blocked:
+        if scratch.watch:
             compared += rows.numel() * passes
             seconds = time.perf_counter() - started
             if compared >= _STALL_CHECK_ENTRIES and seconds > _STALLED_SECONDS_PER_ENTRY * compared:
-                scratch.blocked = False
+                scratch.serialise()
 
 
 def _count_on_candidates(sims: Tensor, thresholds: Tensor, flags: Tensor, max_share: float) -> Tensor | None:
