@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from PIL import Image
 
 from promptdecouple.data.transforms import load_image
 from promptdecouple.visualization import draw_retrieval
@@ -112,6 +113,7 @@ class RetrievalPanel(Callback):
                 )
             )
             titles.append(f"{data.eval_split} caption {index} (identity {pid})")
+        pictures = _same_size(pictures)  # W&B shows a list of images of different sizes distorted
         for logger in loggers:
             logger.log_image(key="val/retrieval", images=pictures, step=trainer.global_step, caption=titles)
 
@@ -119,6 +121,17 @@ class RetrievalPanel(Callback):
         if not self.num_queries:
             return []
         return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+
+
+def _same_size(pictures: list[Image.Image]) -> list[Image.Image]:
+    """Each picture on a white canvas of the largest width and height, top-left aligned."""
+    size = (max(p.width for p in pictures), max(p.height for p in pictures))
+    canvases = []
+    for picture in pictures:
+        canvas = Image.new("RGB", size, "white")
+        canvas.paste(picture, (0, 0))
+        canvases.append(canvas)
+    return canvases
 
 
 def panel_queries(query_pids: np.ndarray, num_queries: int) -> list[int]:

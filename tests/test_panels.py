@@ -79,6 +79,7 @@ def test_panel_logs_pictures_every_validation_but_not_in_the_sanity_check(tiny_c
     run = fit(tiny_clip_dir, dataset, tmp_path, panel, loggers=[CSVLogger(tmp_path / "csv")])
     pictures = sorted((run / "files" / "media" / "images" / "val").glob("retrieval_*.png"))
     assert len(pictures) == 2 * 2  # two epochs x two queries; nothing from the sanity check
+    assert len({Image.open(path).size for path in pictures}) == 1  # W&B distorts mixed sizes
     for path in pictures:
         picture = Image.open(path)
         assert picture.height > 2 * 96  # the top-k row and the true images below
