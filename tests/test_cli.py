@@ -139,21 +139,26 @@ def test_shipped_configs_parse(config, capsys):
     assert printed["trainer"]["max_epochs"] > printed["stage_switch"]["switch_epoch"]
 
 
+def tiny_demo(clip_dir: Path, data_root: Path) -> dict:
+    """A `demo:` config section for a tiny synthetic RSTPReid and a tiny random CLIP."""
+    return {
+        "clip_dir": str(clip_dir),
+        "data_root": str(data_root),
+        "dataset": "rstpreid",
+        "num_identities": 24,
+        "images_per_identity": 2,
+        "image_size": [64, 32],
+        "clip_width": 32,
+        "clip_layers": 2,
+        "clip_heads": 2,
+    }
+
+
 def test_fit_validate_and_test_from_a_config(tmp_path, tiny_clip_dir, capsys):
     clip_dir, data_root = tmp_path / "clip", tmp_path / "data"
     config = {
         "seed_everything": 0,
-        "demo": {
-            "clip_dir": str(clip_dir),
-            "data_root": str(data_root),
-            "dataset": "rstpreid",
-            "num_identities": 24,
-            "images_per_identity": 2,
-            "image_size": [64, 32],
-            "clip_width": 32,
-            "clip_layers": 2,
-            "clip_heads": 2,
-        },
+        "demo": tiny_demo(clip_dir, data_root),
         "trainer": {
             "accelerator": "cpu",
             "max_epochs": 2,
@@ -221,17 +226,7 @@ def test_fit_logs_the_config_and_the_retrieval_panel_to_wandb(tmp_path):
     runs = tmp_path / "runs"
     config = {
         "seed_everything": 0,
-        "demo": {
-            "clip_dir": str(tmp_path / "clip"),
-            "data_root": str(tmp_path / "data"),
-            "dataset": "rstpreid",
-            "num_identities": 24,
-            "images_per_identity": 2,
-            "image_size": [64, 32],
-            "clip_width": 32,
-            "clip_layers": 2,
-            "clip_heads": 2,
-        },
+        "demo": tiny_demo(tmp_path / "clip", tmp_path / "data"),
         "trainer": {
             "accelerator": "cpu",
             "max_epochs": 1,
