@@ -27,6 +27,7 @@ import bisect
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -36,7 +37,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-__all__ = ["RetrievalMetrics", "retrieval_metrics"]
+__all__ = ["RetrievalMetrics", "ScoredItems", "chance_metrics", "retrieval_metrics"]
 
 UnmatchedPolicy = Literal["warn", "error", "ignore"]
 _UNMATCHED_POLICIES = ("warn", "error", "ignore")
@@ -343,6 +344,37 @@ def _count_on_candidates(sims: Tensor, thresholds: Tensor, flags: Tensor, max_sh
     return histogram.view(num_rows, width).flip(1).cumsum(1).flip(1)
 
 
+@dataclass(frozen=True)
+class ScoredItems:
+    """The distinct queries and gallery items one computation of the metrics ranked (CPU identities).
+
+    Queries whose identity has no item in the gallery cannot be ranked and are not in any metric
+    (`retrieval_metrics`' ``unmatched_queries``); `num_scored_queries` counts the others.
+    """
+
+    query_pids: Tensor
+    gallery_pids: Tensor
+
+    @property
+    def num_queries(self) -> int:
+        """Distinct queries given."""
+        return len(self.query_pids)
+
+    @property
+    def num_gallery(self) -> int:
+        """Distinct gallery items given: every one is ranked."""
+        return len(self.gallery_pids)
+
+    @property
+    def num_scored_queries(self) -> int:
+        """Queries that were ranked: those whose identity has an item in the gallery."""
+        return int(torch.isin(self.query_pids, self.gallery_pids).sum())
+
+    def chance(self, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+        """`chance_metrics` of exactly these queries and gallery items."""
+        return chance_metrics(self.query_pids, self.gallery_pids, ks=ks)
+
+
 class RetrievalMetrics(Metric):
     """``retrieval_metrics`` accumulated over batches and processes, for validation and test loops.
 
@@ -351,6 +383,10 @@ class RetrievalMetrics(Metric):
     keeps one copy per index (Lightning's ``DistributedSampler`` pads the evaluation sets by repeating items,
     which would otherwise count them twice) and returns the same dict as ``retrieval_metrics``. The result does
     not depend on the number of processes or on how items were split among them.
+
+    After ``compute()``, ``scored`` says which distinct queries and gallery items were ranked (their identities and
+    counts, `ScoredItems`): fewer than the evaluation set when only part of it was evaluated (Lightning's
+    ``limit_val_batches``), and the expected metrics of a random ranking of exactly those (``scored.chance()``).
 
     Pass ``compute_on_cpu=True`` to move the stored features to CPU after every update (GPU memory stays free;
     the final computation then runs on CPU). Gathering works with that option under NCCL as well, and when a
@@ -383,6 +419,7 @@ class RetrievalMetrics(Metric):
         self.ks = _check_ks(ks)
         self.chunk_size = None if chunk_size is None else _check_positive_int(chunk_size, "chunk_size")
         self.unmatched_queries = _check_policy(unmatched_queries)
+        self.scored: ScoredItems | None = None
         for role in _ROLES:
             for field in ("features", "pids", "indices"):
                 self.add_state(f"{role}_{field}", default=[], dist_reduce_fx="cat")
@@ -404,6 +441,7 @@ class RetrievalMetrics(Metric):
         """Metrics over every distinct query and gallery item seen by any process."""
         queries, query_pids = self._distinct("query")
         gallery, gallery_pids = self._distinct("gallery")
+        self.scored = ScoredItems(query_pids.cpu(), gallery_pids.cpu())
         return retrieval_metrics(
             queries,
             query_pids,

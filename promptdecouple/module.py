@@ -5,15 +5,24 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 from torch import nn
 from transformers import AutoTokenizer
 
+from promptdecouple.checkpoint_settings import (
+    MODEL_SETTINGS,
+    CheckpointMismatchError,
+    CheckpointSettingsError,
+    differences,
+    refused,
+)
 from promptdecouple.data.transforms import ImageTransform, normalize_pixels
 from promptdecouple.metrics import RetrievalMetrics
 from promptdecouple.model.prompted_clip import PromptedCLIP
@@ -21,6 +30,35 @@ from promptdecouple.objectives import LOSS_NAMES, id_loss, itc_loss, sdm_loss, v
 from promptdecouple.stages import STAGES, StageSwitch
 
 METRIC_NAMES = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """One evaluation as it was computed: the metrics, what they were computed on, chance on exactly that.
+
+    `num_queries` and `num_gallery` count the distinct captions and images that were ranked; they
+    are fewer than `total_queries` / `total_gallery` (the evaluation set) when only part of it was
+    evaluated (`Trainer(limit_val_batches=...)`): the evaluation is then `partial`. Queries whose
+    identity had no image among the ranked ones cannot be ranked (`num_unmatched_queries`).
+    `chance` is the expected value of each metric for a random ranking of exactly these items.
+    """
+
+    split: str
+    metrics: dict[str, float]
+    chance: dict[str, float]
+    num_queries: int
+    num_gallery: int
+    num_unmatched_queries: int
+    total_queries: int | None
+    total_gallery: int | None
+
+    @property
+    def partial(self) -> bool | None:
+        """True if fewer items than the evaluation set were scored; None if the set's size is unknown."""
+        if self.total_queries is None or self.total_gallery is None:
+            return None
+        given = self.num_queries + self.num_unmatched_queries
+        return given < self.total_queries or self.num_gallery < self.total_gallery
 
 
 class SearchResult(NamedTuple):
@@ -112,12 +150,12 @@ class PromptDecoupleModule(L.LightningModule):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
-        clip, tokenizer = str(clip), (str(tokenizer) if tokenizer is not None else None)  # checkpoint-safe
+        # Paths as str (checkpoint-safe), and the tokenizer resolved, so that the hparams agree with a
+        # data module given the same one (Lightning refuses to log the two when a shared key differs).
+        # save_hyperparameters reads these locals; the CLI resolves the tokenizer in its config.
+        clip = str(clip)
+        tokenizer = str(tokenizer) if tokenizer is not None else clip
         self.save_hyperparameters()
-        # Store the resolved tokenizer, so the logged hparams agree with a data module given the same
-        # one (Lightning refuses to log the two when a shared key differs). LightningCLI makes
-        # save_hyperparameters store the given None; the initial copy is what gets logged.
-        self.hparams.tokenizer = self._hparams_initial.tokenizer = tokenizer or clip
 
         self.clip = PromptedCLIP(
             clip,
@@ -138,8 +176,11 @@ class PromptDecoupleModule(L.LightningModule):
             nn.init.zeros_(self.classifier.bias)
         self.val_metrics = RetrievalMetrics(chunk_size=eval_chunk_size)
         self.test_metrics = RetrievalMetrics(chunk_size=eval_chunk_size)
+        self.last_evaluation: dict[str, EvaluationSummary] = {}
+        """The latest evaluation per loop ("val", "test"): metrics, what was scored, chance."""
         self._tokenizer = None
         self._stage = 1
+        self._restored_schedule: dict | None = None
         self.set_stage(1)
 
     # ----------------------------------------------------------------------------------- stages
@@ -282,9 +323,30 @@ class PromptDecoupleModule(L.LightningModule):
         checkpoint["promptdecouple"] = {"stage": self.stage}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Check the checkpoint's settings against this module's, then restore its stage.
+
+        Settings that define the model (prompt shapes, image size, ...) must match, and so must the
+        training settings when resuming `fit` (see `promptdecouple.checkpoint_settings`); paths and
+        runtime settings may differ.
+        """
+        fitting = self._fitting()
+        found = differences(checkpoint.get("hyper_parameters", {}), self.hparams, MODEL_SETTINGS, "model")
+        if bad := refused(found, fitting):
+            raise CheckpointSettingsError(
+                str(self.trainer.ckpt_path if fitting else "being loaded"), bad, fitting
+            )
         # Lightning calls this before it wraps the model in DDP and builds the optimizers, so both
         # are built over the restored stage's trainable set and the optimizer state fits.
         self.set_stage(checkpoint.get("promptdecouple", {}).get("stage", 1))
+        schedules = checkpoint.get("lr_schedulers") or [{}]
+        lambdas = schedules[0].get("lr_lambdas") or [None]
+        self._restored_schedule = lambdas[0] if fitting and isinstance(lambdas[0], dict) else None
+
+    def _fitting(self) -> bool:
+        try:
+            return self.trainer.state.fn == TrainerFn.FITTING
+        except RuntimeError:  # not attached to a Trainer (load_from_checkpoint)
+            return False
 
     # ------------------------------------------------------------------------------- evaluation
     def validation_step(
@@ -316,13 +378,38 @@ class PromptDecoupleModule(L.LightningModule):
         metrics.update(self._features(batch).float(), batch["pids"], batch["index"], role=role)
 
     def _log_metrics(self, metrics: RetrievalMetrics, prefix: str) -> None:
+        """Log the metrics with what they were computed on: `<prefix>/queries`, `/gallery`, `/partial`."""
         if self.trainer.sanity_checking:
             metrics.reset()
             return
         values = metrics.compute()
+        scored = metrics.scored
         metrics.reset()
+        loaders = self.trainer.val_dataloaders if prefix == "val" else self.trainer.test_dataloaders
+        totals = (None, None)
+        if (
+            isinstance(loaders, (list, tuple)) and len(loaders) == 2
+        ):  # [queries, gallery], as TIReIDDataModule
+            totals = tuple(len(loader.dataset) for loader in loaders)
+        ranked = scored.num_scored_queries
+        summary = EvaluationSummary(
+            split=prefix,
+            metrics={name: float(value) for name, value in values.items()},
+            chance=scored.chance(),
+            num_queries=ranked,
+            num_gallery=scored.num_gallery,
+            num_unmatched_queries=scored.num_queries - ranked,
+            total_queries=totals[0],
+            total_gallery=totals[1],
+        )
+        self.last_evaluation[prefix] = summary
+        logged = {f"{prefix}/{name}": value for name, value in summary.metrics.items()}
+        logged[f"{prefix}/queries"] = float(summary.num_queries)
+        logged[f"{prefix}/gallery"] = float(summary.num_gallery)
+        if summary.partial is not None:
+            logged[f"{prefix}/partial"] = float(summary.partial)
         # Every rank computed the same values from the gathered state; the all-reduce only agrees on them.
-        self.log_dict({f"{prefix}/{name}": float(value) for name, value in values.items()}, sync_dist=True)
+        self.log_dict(logged, sync_dist=True)
 
     # ------------------------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> dict:
@@ -339,10 +426,29 @@ class PromptDecoupleModule(L.LightningModule):
         else:
             optimizer = torch.optim.AdamW(groups, eps=hp.adam_eps, betas=tuple(hp.adam_betas))
         warmup, total = self._schedule_steps()
+        if self._restored_schedule is not None:
+            self._check_restored_schedule(warmup, total)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, WarmupCosine(warmup, total, hp.warmup_start_factor, hp.min_lr_factor)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _check_restored_schedule(self, warmup: int, total: int) -> None:
+        """Refuse to resume when this run plans the stage's schedule differently from the checkpoint's run.
+
+        The optimizer and scheduler states restored from a checkpoint carry its schedule; a run with
+        another length (max_epochs, batch size, processes, ...) would silently follow the old one.
+        """
+        saved, self._restored_schedule = self._restored_schedule, None
+        planned = (saved.get("warmup_steps"), saved.get("total_steps"))
+        if planned != (warmup, total):
+            raise CheckpointMismatchError(
+                f"the checkpoint's learning-rate schedule for stage {self.stage} spans {planned[1]:,} optimizer "
+                f"steps ({planned[0]:,} of warm-up); this run plans {total:,} ({warmup:,}). trainer.max_epochs, "
+                "trainer.max_steps, the batch size, the number of processes, the training set, "
+                "limit_train_batches or accumulate_grad_batches differ from the run that wrote it. Resume with "
+                "the same values, or start a new run without ckpt_path."
+            )
 
     def _parameter_groups(self) -> list[dict]:
         hp = self.hparams

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
-from promptdecouple.data.transforms import load_image
+from promptdecouple.data.images import load_for_display
 from promptdecouple.visualization import draw_retrieval
 
 
@@ -101,10 +101,10 @@ class RetrievalPanel(Callback):
             pictures.append(
                 draw_retrieval(
                     captions[index],
-                    [load_image(paths[i]) for i in top.tolist()],
+                    [load_for_display(paths[i]) for i in top.tolist()],
                     top_scores.tolist(),
                     matches=(gallery_pids[top] == pid).tolist(),
-                    true_images=[load_image(paths[i]) for i in true.tolist()],
+                    true_images=[load_for_display(paths[i]) for i in true.tolist()],
                     true_ranks=true_ranks.tolist(),
                     note=f"{data.eval_split} caption {index}, identity {pid}; epoch {trainer.current_epoch}, "
                     f"step {trainer.global_step}",

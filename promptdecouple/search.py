@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader
 from promptdecouple.data.annotations import DATASETS
 from promptdecouple.data.datamodule import EVAL_SPLITS, TIReIDDataModule
 from promptdecouple.data.datasets import GalleryImages
-from promptdecouple.data.transforms import ImageTransform, load_image
+from promptdecouple.data.images import load_for_display
+from promptdecouple.data.transforms import ImageTransform
 from promptdecouple.module import PromptDecoupleModule
 from promptdecouple.visualization import draw_retrieval
 
@@ -306,10 +307,10 @@ def _search(args: argparse.Namespace, console: Console) -> None:
     _print_results(console, args, text, gallery, indices, top_scores, matches, true_ranks)
     picture = draw_retrieval(
         text,
-        [load_image(image_paths[i]) for i in indices],
+        [load_for_display(image_paths[i]) for i in indices],
         top_scores,
         matches=matches,
-        true_images=None if true_rows is None else [load_image(image_paths[i]) for i in true_rows[:10]],
+        true_images=None if true_rows is None else [load_for_display(image_paths[i]) for i in true_rows[:10]],
         true_ranks=None if true_ranks is None else true_ranks[:10],
         note=note,
         thumbnail_height=args.thumbnail_height,

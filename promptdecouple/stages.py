@@ -12,7 +12,10 @@ import warnings
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.nn.parallel import DistributedDataParallel
+
+from promptdecouple.checkpoint_settings import TRAINING, CheckpointSettingsError, SettingDifference
 
 STAGES = (1, 2)
 
@@ -62,14 +65,12 @@ class StageSwitch(Callback):
     def state_dict(self) -> dict:
         return {"switch_epoch": self.switch_epoch}
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict.get("switch_epoch", self.switch_epoch) != self.switch_epoch:
-            warnings.warn(
-                f"the checkpoint was trained with switch_epoch={state_dict['switch_epoch']}, this run uses "
-                f"switch_epoch={self.switch_epoch}; the new value applies from now on",
-                UserWarning,
-                stacklevel=2,
-            )
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Refuse to resume a fit with another `switch_epoch`: the checkpoint's schedule was planned for its own."""
+        saved = checkpoint.get("callbacks", {}).get(self.state_key, {}).get("switch_epoch", self.switch_epoch)
+        if saved != self.switch_epoch and trainer.state.fn == TrainerFn.FITTING:
+            difference = SettingDifference("stage_switch", "switch_epoch", saved, self.switch_epoch, TRAINING)
+            raise CheckpointSettingsError(str(trainer.ckpt_path), [difference], fitting=True)
 
 
 def switch_stage(trainer: L.Trainer, pl_module: L.LightningModule, stage: int) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from promptdecouple.data.annotations import (
     AnnotationError,
+    SkippedEntriesWarning,
     dataset_layout,
     load_annotations,
     read_annotations,
@@ -208,3 +209,57 @@ def test_unreadable_files_are_named(tmp_path, text, message):
     with pytest.raises(AnnotationError) as caught:
         read_annotations("cuhk-pedes", tmp_path)
     assert "reid_raw.json: " + message in str(caught.value)
+
+
+def test_a_file_saved_with_a_byte_order_mark_reads(tmp_path):
+    text = json.dumps([bad()])
+    (tmp_path / "data_captions.json").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    table = read_annotations("rstpreid", tmp_path)
+    assert table["pid"].tolist() == [7]
+
+
+def test_skip_leaves_out_bad_entries_and_reports_them(tmp_path):
+    entries = [
+        bad(),
+        bad({"img_path": "b.jpg", "captions": ["fine", ""]}),
+        bad({"img_path": "c.jpg", "split": "dev"}),
+        bad({"img_path": "d.jpg", "captions": []}),
+        bad({"img_path": "e.jpg", "captions": [" "]}),
+        bad({"img_path": "f.jpg", "id": 9}),
+    ]
+    path = write_json(tmp_path / "data_captions.json", entries)
+    with pytest.raises(AnnotationError, match="pass bad_entries='skip'"):
+        read_annotations("rstpreid", tmp_path)
+    with pytest.warns(SkippedEntriesWarning) as caught:
+        table = read_annotations("rstpreid", tmp_path, bad_entries="skip")
+    assert sorted(table["image_id"].unique()) == [0, 5]
+    report = str(caught[0].message)
+    assert report.splitlines()[0] == (
+        f"left out 4 of 6 entries of {path.resolve()} (bad_entries='skip'): "
+        "2 x empty caption, 1 x bad split, 1 x no captions"
+    )
+    assert f"{path.resolve()}: entry 1 (id 7): caption 1 is empty" in report
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [('[{"id": 1,', "not valid JSON"), ('{"images": []}', "expected a JSON list"), ("[]", None)],
+)
+def test_skip_still_refuses_a_file_that_is_bad_as_a_whole(tmp_path, text, message):
+    (tmp_path / "data_captions.json").write_text(text)
+    if message is None:  # no entry at all: nothing to train on
+        table = read_annotations("rstpreid", tmp_path, bad_entries="skip")
+        assert table.empty
+        return
+    with pytest.raises(AnnotationError, match=message):
+        read_annotations("rstpreid", tmp_path, bad_entries="skip")
+
+
+def test_skip_refuses_a_file_whose_every_entry_is_bad(tmp_path):
+    write_json(
+        tmp_path / "data_captions.json", [bad({"split": "dev"}), bad({"img_path": "b.jpg", "captions": []})]
+    )
+    with pytest.raises(AnnotationError, match="2 problem"):
+        read_annotations("rstpreid", tmp_path, bad_entries="skip")
+    with pytest.raises(ValueError, match="bad_entries must be 'error' or 'skip', got 'ignore'"):
+        read_annotations("rstpreid", tmp_path, bad_entries="ignore")

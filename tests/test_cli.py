@@ -2,17 +2,22 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import wandb
 import yaml
+from PIL import Image
 
 from promptdecouple.cli import main
 from promptdecouple.data import TIReIDDataModule
+from promptdecouple.demo import DemoAssets
 
 SYNTH = [
     "data",
@@ -97,13 +102,36 @@ def test_check_lists_every_problem_and_exits_non_zero(dataset, capsys):
     assert f"entry 3 (id {entries[3]['id']}): split must be one of train, val, test, found 'dev'" in out
     assert f"entry 5 (id {entries[5]['id']}): captions is an empty list" in out
     assert f"missing image: {dataset.resolve() / 'imgs' / entries[0]['img_path']}" in out
-    assert "cannot decode" not in out  # only with --decode
-    assert "3 problem(s)" in out
+    # found without decoding: the file does not begin like an image
+    assert "unreadable image:" in out and entries[1]["img_path"] in out and "not a JPEG" in out
+    assert "4 problem(s)" in out
 
     assert main(["data", "check", "--dataset", "rstpreid", "--root", str(dataset), "--decode"]) == 1
     out = capsys.readouterr().out
-    assert "cannot decode: cannot decode image" in out and entries[1]["img_path"] in out
+    assert "cannot be decoded" in out and entries[1]["img_path"] in out
     assert "4 problem(s)" in out
+
+
+def test_check_finds_empty_and_truncated_images_without_decoding(dataset, capsys):
+    entries = json.loads((dataset / "data_captions.json").read_text())
+    empty, truncated = (dataset / "imgs" / entries[i]["img_path"] for i in (2, 4))
+    empty.write_bytes(b"")
+    write_truncated_jpeg(truncated)
+
+    assert main(["data", "check", "--dataset", "rstpreid", "--root", str(dataset)]) == 1
+    out = capsys.readouterr().out
+    assert "no problems" not in out
+    assert f"unreadable image: {empty.resolve()}: empty file (0 bytes)" in out
+    assert f"truncated image: {truncated.resolve()}: truncated JPEG: no end-of-image marker" in out
+    assert "fit uses what decodes" in out
+    assert "2 problem(s)" in out
+
+
+def write_truncated_jpeg(path: Path, keep: float = 0.6) -> None:
+    """A 128x64 JPEG cut after `keep` of its bytes: headers whole, the end of the picture missing."""
+    noise = np.random.default_rng(0).integers(0, 256, (128, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=90)
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
 
 
 def test_check_on_the_wrong_folder_names_the_missing_file(tmp_path, capsys):
@@ -261,6 +289,7 @@ def test_fit_logs_the_config_and_the_retrieval_panel_to_wandb(tmp_path):
     try:
         assert main(["fit", "--config", str(path), "--model.prompt_lr", "0.005"]) == 0
         logged = wandb.run.config.as_dict()["config"]
+        run_id = wandb.run.id
     finally:
         wandb.finish()
     (run,) = (runs / "wandb").glob("offline-run-*")
@@ -268,7 +297,8 @@ def test_fit_logs_the_config_and_the_retrieval_panel_to_wandb(tmp_path):
     assert logged["model"]["clip"] == str(tmp_path / "clip")
     assert logged["retrieval_panel"] == {"num_queries": 2, "k": 3, "thumbnail_height": 192}
     assert logged["trainer"]["max_epochs"] == 1 and "num_sanity_val_steps" in logged["trainer"]
-    assert (runs / "config.yaml").is_file()  # still written next to the logs
+    assert (runs / "test" / run_id / "config.yaml").is_file()  # the run's own folder: save_dir/project/id
+    assert not (runs / "config.yaml").exists()
     assert len(list((run / "files" / "media" / "images" / "val").glob("retrieval_*.png"))) == 2
 
 
@@ -280,3 +310,245 @@ def test_the_retrieval_panel_is_on_by_default_and_off_with_one_argument(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(CONFIGS[0]), "--print_config"])
     assert yaml.safe_load(capsys.readouterr().out)["retrieval_panel"]["num_queries"] > 0
+
+
+# ---------------------------------------------------------------- resuming, evaluating, interrupting
+
+
+def run_config(root: Path) -> dict:
+    """A tiny, deterministic fit (no augmentation, no logger) with a checkpoint per epoch."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 2,
+            "limit_train_batches": 3,
+            "enable_progress_bar": False,
+            "num_sanity_val_steps": 0,
+            "logger": False,
+            "default_root_dir": str(root / "runs"),
+            "callbacks": [checkpoint_callback(root / "ckpt")],
+        },
+        "stage_switch": {"switch_epoch": 1},
+        "retrieval_panel": {"num_queries": 0},
+        "model": {
+            "clip": str(root / "clip"),
+            "text_prompt_length": 2,
+            "vision_prompt_length": 2,
+            "encoder_lr": 3e-4,
+        },
+        "data": {
+            "dataset": "rstpreid",
+            "root": str(root / "data"),
+            "image_size": [64, 32],
+            "text_length": 32,
+            "batch_size": 8,
+            "num_workers": 0,
+            "augment": False,
+        },
+    }
+
+
+def checkpoint_callback(folder: Path) -> dict:
+    return {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": str(folder), "filename": "{epoch}", "save_top_k": -1, "save_last": True},
+    }
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished 2-epoch run (switch at 1): its folder and config."""
+    root = tmp_path_factory.mktemp("trained")
+    DemoAssets(**tiny_demo(root / "clip", root / "data")).ensure()
+    config = write_config(root / "fit.yaml", run_config(root))
+    assert main(["fit", "--config", str(config)]) == 0
+    return root, config
+
+
+def test_a_resume_refuses_changed_settings_listing_each_before_any_work(trained, capsys):
+    root, config = trained
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "ckpt").iterdir()}
+    capsys.readouterr()
+    args = ["fit", "--config", str(config), "--ckpt_path", str(root / "ckpt" / "epoch=0.ckpt")]
+    changed = ["--model.text_prompt_length", "8", "--model.encoder_lr", "0.5", "--data.batch_size", "4"]
+    assert main([*args, *changed]) == 2
+    err = capsys.readouterr().err
+    assert "model.text_prompt_length: checkpoint 2, given 8" in err
+    assert "model.encoder_lr: checkpoint 0.0003, given 0.5" in err
+    assert "data.batch_size: checkpoint 8, given 4" in err
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "ckpt").iterdir()} == before  # nothing ran
+
+
+def test_a_resume_uses_a_moved_clip_folder_and_continues_exactly(trained, tmp_path, capsys):
+    root, config = trained
+    moved = tmp_path / "clip_moved"
+    elsewhere = write_config(
+        tmp_path / "elsewhere.yaml", {"trainer": {"callbacks": [checkpoint_callback(tmp_path)]}}
+    )
+    shutil.move(root / "clip", moved)
+    try:
+        code = main(
+            [
+                *("fit", "--config", str(config), "--config", str(elsewhere)),
+                *("--ckpt_path", str(root / "ckpt" / "epoch=0.ckpt"), "--model.clip", str(moved)),
+            ]
+        )
+    finally:
+        shutil.move(moved, root / "clip")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"model.clip: '{moved}', not the checkpoint's '{root / 'clip'}' (a path setting" in out
+    resumed = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    uninterrupted = torch.load(root / "ckpt" / "last.ckpt", weights_only=False)
+    assert resumed["hyper_parameters"]["clip"] == str(moved)
+    for name, value in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), name
+
+
+def test_evaluations_keep_the_checkpoints_training_settings_and_refuse_model_ones(trained, capsys):
+    root, config = trained
+    ckpt = str(root / "ckpt" / "epoch=1.ckpt")
+    capsys.readouterr()
+    assert main(["test", "--config", str(config), "--ckpt_path", ckpt, "--model.encoder_lr", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "model.encoder_lr: the checkpoint's 0.0003 is kept, the given 0.5 does not change an evaluation"
+        in out
+    )
+    assert "test split" in out
+    assert (
+        main(["validate", "--config", str(config), "--ckpt_path", ckpt, "--model.vision_prompt_length", "3"])
+        == 2
+    )
+    assert "model.vision_prompt_length: checkpoint 2, given 3" in capsys.readouterr().err
+
+
+def test_a_checkpoint_carries_the_settings_to_test_it(trained, tmp_path, monkeypatch, capsys):
+    root, _ = trained
+    monkeypatch.chdir(tmp_path)
+    args = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    assert main(["test", "--ckpt_path", str(root / "ckpt" / "epoch=1.ckpt"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "RSTPReid test split" in out
+    assert f"config: {tmp_path / 'lightning_logs' / 'version_0' / 'config.yaml'}" in out
+    saved = yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text())
+    assert saved["model"]["text_prompt_length"] == 2 and saved["data"]["root"] == str(root / "data")
+
+
+def test_a_partial_evaluation_is_labelled_with_what_it_scored(trained, capsys):
+    root, config = trained
+    data = TIReIDDataModule("rstpreid", root / "data", tokenizer=str(root / "clip"))
+    queries, gallery = data.eval_set("val")
+    capsys.readouterr()
+    args = ["--trainer.limit_val_batches", "1", "--data.eval_batch_size", "3"]
+    assert (
+        main(["validate", "--config", str(config), "--ckpt_path", str(root / "ckpt" / "epoch=1.ckpt"), *args])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert (
+        f"PARTIAL evaluation of the RSTPReid val split: 3 of {len(queries)} queries and 3 of {len(gallery)}"
+        in out
+    )
+    assert "trainer.limit_val_batches" in out and "not those of the split" in out
+
+
+def test_the_resolved_config_never_replaces_a_file_of_the_user(trained, tmp_path, monkeypatch, capsys):
+    root, _ = trained
+    monkeypatch.chdir(tmp_path)
+    config = run_config(root)
+    config["trainer"].pop("default_root_dir")
+    config["trainer"].update(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, enable_checkpointing=False
+    )
+    config["trainer"]["callbacks"] = []
+    mine = "# my notes: keep these\n" + yaml.safe_dump(config)
+    (tmp_path / "config.yaml").write_text(mine)
+    for run in range(2):
+        assert main(["fit", "--config", "config.yaml"]) == 0
+        assert (tmp_path / "lightning_logs" / f"version_{run}" / "config.yaml").is_file()
+    assert (tmp_path / "config.yaml").read_text() == mine
+
+
+def test_sigterm_exits_with_143_and_a_checkpoint_of_where_it_stopped(trained, tmp_path):
+    root, config = trained
+    (tmp_path / "send_sigterm.py").write_text(
+        textwrap.dedent(
+            """
+            import os, signal
+            from lightning.pytorch.callbacks import Callback
+
+            class SendSigterm(Callback):
+                def on_train_batch_end(self, trainer, *args):
+                    if trainer.global_step == 4:
+                        os.kill(os.getpid(), signal.SIGTERM)
+            """
+        )
+    )
+    extra = {
+        "trainer": {
+            "callbacks": [checkpoint_callback(tmp_path / "ckpt"), {"class_path": "send_sigterm.SendSigterm"}],
+        }
+    }
+    write_config(tmp_path / "extra.yaml", extra)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "promptdecouple",
+            "fit",
+            "--config",
+            str(config),
+            "--config",
+            str(tmp_path / "extra.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(tmp_path), "WANDB_MODE": "disabled"},
+    )
+    assert result.returncode == 143, result.stderr[-3000:]
+    saved = tmp_path / "ckpt" / "last-interrupted.ckpt"
+    assert (
+        f"fit interrupted by SIGTERM at epoch 1, after 4 optimizer steps: checkpoint saved to {saved}"
+        in result.stderr
+    )
+    assert torch.load(saved, weights_only=False)["global_step"] == 4
+
+
+def test_fit_trains_over_a_truncated_image_and_refuses_an_empty_one_unless_told(trained, tmp_path, capsys):
+    root, config = trained
+    shutil.copytree(root / "data", tmp_path / "data")
+    entries = json.loads((tmp_path / "data" / "data_captions.json").read_text())
+    train = [e["img_path"] for e in entries if e["split"] == "train"]
+    empty, truncated = (tmp_path / "data" / "imgs" / train[i] for i in (0, 3))
+    empty.write_bytes(b"")
+    write_truncated_jpeg(truncated)
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        "--data.root",
+        str(tmp_path / "data"),
+        "--trainer.max_epochs",
+        "1",
+    ]
+    args += ["--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"]
+    capsys.readouterr()
+    assert main(args) == 2  # found at setup, before training
+    err = capsys.readouterr().err
+    assert f"{empty.resolve()}: empty file (0 bytes)" in err and "bad_entries='skip'" in err
+
+    with pytest.warns(UserWarning) as caught:
+        assert main([*args, "--data.bad_entries", "skip"]) == 0
+    warned = "\n".join(str(w.message) for w in caught)
+    assert "left out 1 of" in warned and "1 x unreadable image" in warned
+    assert "are truncated" in warned and str(truncated.resolve()) in warned
+    out = capsys.readouterr().out
+    assert "1 entries were left out" in out and "1 truncated image(s) were used" in out

@@ -9,12 +9,14 @@ import textwrap
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoTokenizer
 
-from promptdecouple.data.annotations import read_annotations
-from promptdecouple.data.datamodule import TIReIDDataModule
+from promptdecouple.data.annotations import AnnotationError, read_annotations
+from promptdecouple.data.datamodule import ImageFilesError, TIReIDDataModule
 from promptdecouple.data.samplers import SeededRandomSampler
 from promptdecouple.data.synthetic import write_synthetic
 from promptdecouple.data.transforms import CLIP_MEAN, CLIP_STD, normalize_pixels
@@ -189,7 +191,7 @@ def test_missing_images_are_found_at_setup_and_listed(rstp_root, tiny_clip_dir, 
         os.remove(path)
     data = make(root, tiny_clip_dir)
     data.setup("fit")  # the test split is not needed to fit
-    with pytest.raises(FileNotFoundError) as caught:
+    with pytest.raises(ImageFilesError) as caught:
         data.setup("test")
     message = str(caught.value)
     assert "2 of 12 images" in message and "data_captions.json" in message
@@ -404,3 +406,69 @@ def test_random_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path
         assert not set(seen[0]) & set(seen[1])
         assert sorted(seen[0] + seen[1]) == list(range(48))
     assert ranks[0]["train"]["0"] != ranks[0]["train"]["1"]  # reshuffled each epoch
+
+
+def damaged_copy(source, destination):
+    """A copy of the dataset with one empty, one truncated and one hollow train image (their paths)."""
+    shutil.copytree(source, destination)
+    table = read_annotations("rstpreid", destination)
+    empty, truncated, hollow = table[table["split"] == "train"]["image_path"].unique()[[0, 2, 4]]
+    Path(empty).write_bytes(b"")
+    noise = np.random.default_rng(0).integers(0, 256, (128, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(truncated, format="JPEG", quality=90)
+    Path(truncated).write_bytes(Path(truncated).read_bytes()[:2500])
+    Path(hollow).write_bytes(b"\xff\xd8\xff" + b"\x00" * 2000 + b"\xff\xd9")
+    return empty, truncated, hollow
+
+
+def test_unusable_images_are_refused_at_setup_and_truncated_ones_reported(rstp_root, tiny_clip_dir, tmp_path):
+    empty, truncated, _ = damaged_copy(rstp_root, tmp_path / "copy")
+    data = make(tmp_path / "copy", tiny_clip_dir)
+    with (
+        pytest.warns(UserWarning, match="1 of .* images .* are truncated") as caught,
+        pytest.raises(ImageFilesError) as refused,
+    ):
+        data.setup("fit")
+    assert truncated in str(caught[0].message)
+    message = str(refused.value)
+    assert "1 of" in message and "unreadable" in message and f"{empty}: empty file (0 bytes)" in message
+    assert "bad_entries='skip'" in message
+
+
+def test_skip_leaves_out_entries_with_unusable_images_and_reports_them(rstp_root, tiny_clip_dir, tmp_path):
+    empty, truncated, hollow = damaged_copy(rstp_root, tmp_path / "copy")
+    data = make(tmp_path / "copy", tiny_clip_dir, bad_entries="skip")
+    classes = data.num_classes
+    with pytest.warns(UserWarning, match=r"left out 1 of \d+ entries .* 1 x unreadable image"):
+        data.setup("fit")
+    assert data.num_classes == classes  # labels stay those of the annotations
+    assert [p.kind for p in data.skipped] == ["unreadable image"] and empty in data.skipped[0].message
+    assert list(data.truncated_images) == [truncated]
+    pairs = data.train_dataset()
+    assert empty not in set(pairs.image_paths) and truncated in set(pairs.image_paths)
+    # the hollow image passed the cheap check; loading it mid-epoch gives the mean colour, counted once
+    with pytest.warns(UserWarning, match="could not be decoded while loading"):
+        for batch in data.train_dataloader():
+            data.on_before_batch_transfer(batch, 0)
+            assert "unreadable_images" not in batch
+    for batch in data.train_dataloader():
+        data.on_before_batch_transfer(batch, 0)
+    assert data.unreadable_images == {hollow: 4}  # 2 captions, 2 epochs
+
+
+def test_skip_leaves_out_bad_annotation_entries_and_reports_them(rstp_root, tiny_clip_dir, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(rstp_root, root)
+    entries = json.loads((root / "data_captions.json").read_text())
+    entries[1]["captions"] = ["fine", "  "]
+    entries[2]["split"] = "dev"
+    (root / "data_captions.json").write_text(json.dumps(entries))
+    with pytest.raises(AnnotationError, match="bad_entries='skip'"):
+        _ = make(root, tiny_clip_dir).num_classes
+    data = make(root, tiny_clip_dir, bad_entries="skip")
+    with pytest.warns(UserWarning, match=r"left out 2 of 48 entries .*1 x empty caption, 1 x bad split"):
+        data.setup("fit")
+    assert {p.entry for p in data.skipped} == {1, 2}
+    assert not data.annotations["image_id"].isin([1, 2]).any()
+    with pytest.raises(ValueError, match="bad_entries must be 'error' or 'skip'"):
+        make(root, tiny_clip_dir, bad_entries="drop")

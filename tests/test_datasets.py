@@ -156,3 +156,26 @@ def test_mismatched_lengths_are_refused(tokenizer, images):
         QueryCaptions([1, 2, 3], tokens)
     with pytest.raises(ValueError, match="one entry per image"):
         GalleryImages(images[:2], [1], ImageTransform((32, 16)))
+
+
+def test_an_image_that_cannot_be_decoded_mid_epoch_becomes_the_mean_colour_and_is_listed(
+    tokenizer, images, tmp_path
+):
+    hollow = tmp_path / "hollow.jpg"  # passes the cheap check at setup, fails to decode
+    hollow.write_bytes(b"\xff\xd8\xff" + b"\x00" * 2000 + b"\xff\xd9")
+    paths = [*images[:3], str(hollow)]
+    tokens = tokenize_captions(tokenizer, ["a", "b", "c", "d"], 8)
+    transform = ImageTransform((32, 16), train=True)
+    pairs = TrainingPairs(paths, [0, 0, 1, 1], tokens, transform)
+    batch = collate_items(pairs.__getitems__([0, 3, 1]))
+    assert batch["unreadable_images"] == [str(hollow)]
+    mean = torch.tensor([round(255 * m) for m in transform.mean], dtype=torch.uint8).view(3, 1, 1)
+    assert torch.equal(batch["pixel_values"][1], mean.expand(3, 32, 16))
+    assert batch["pixel_values"][0].float().std() > 10  # the others are pictures
+    assert "unreadable_images" not in collate_items(pairs.__getitems__([0, 1]))  # only when there are any
+
+    gallery = GalleryImages(paths, [0, 0, 1, 1], ImageTransform((32, 16)))
+    assert collate_items(gallery.__getitems__([3]))["unreadable_images"] == [str(hollow)]
+    with pytest.warns(UserWarning, match="hollow.jpg could not be decoded"):
+        item = gallery[3]
+    assert torch.equal(item["pixel_values"], mean.expand(3, 32, 16))

@@ -118,9 +118,37 @@ def test_ddp_validation_equals_single_process(ddp_run, tiny_clip_dir, dataset, t
     ddp = run(tiny_clip_dir, dataset, tmp_path / "two", "--devices", 2, "--validate", ckpt)
     one = json.loads((single / "validate.json").read_text())
     two = json.loads((ddp / "validate.json").read_text())
-    assert set(one) == {"val/R1", "val/R5", "val/R10", "val/mAP", "val/mINP"}
-    for name, value in one.items():
-        assert two[name] == pytest.approx(value, abs=1e-4), name
+    names = {"val/R1", "val/R5", "val/R10", "val/mAP", "val/mINP"}
+    assert set(one) == names | {"val/queries", "val/gallery", "val/partial", "summary"}
+    for name in names:
+        assert two[name] == pytest.approx(one[name], abs=1e-4), name
+    # the whole split was scored, once per item, in both
+    assert one["summary"] == two["summary"]
+    assert one["summary"]["partial"] is False and one["val/partial"] == 0.0
+    assert one["summary"]["num_queries"] == one["summary"]["total_queries"] == one["val/queries"]
+
+
+def test_a_partial_evaluation_says_so_and_counts_what_it_scored(ddp_run, tiny_clip_dir, dataset, tmp_path):
+    """limit_val_batches=1 with evaluation batches of 2: 2 captions and 2 images per process."""
+    ckpt = ddp_run / "ckpt" / "epoch=2.ckpt"
+    full = json.loads(
+        (run(tiny_clip_dir, dataset, tmp_path / "full", "--validate", ckpt) / "validate.json").read_text()
+    )
+    for devices in (1, 2):
+        out = run(
+            tiny_clip_dir, dataset, tmp_path / str(devices), "--devices", devices, "--validate", ckpt,
+            "--eval-batch-size", 2, "--limit-val-batches", 1,
+        )  # fmt: skip
+        result = json.loads((out / "validate.json").read_text())
+        summary = result["summary"]
+        assert summary["partial"] is True and result["val/partial"] == 1.0
+        assert summary["num_gallery"] == 2 * devices == result["val/gallery"]
+        assert summary["num_queries"] + summary["unmatched"] == 2 * devices
+        assert summary["num_queries"] == result["val/queries"]
+        assert (summary["total_queries"], summary["total_gallery"]) == (12, 6)
+        # chance of a random ranking of the scored gallery, not of the whole split's
+        assert summary["chance"]["R1"] >= 100 / summary["num_gallery"]
+        assert summary["chance"]["R1"] > full["summary"]["chance"]["R1"]
 
 
 def test_switch_after_the_last_epoch_warns(tiny_clip_dir):

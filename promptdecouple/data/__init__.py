@@ -5,11 +5,12 @@ from promptdecouple.data.annotations import (
     AnnotationError,
     AnnotationProblem,
     DatasetLayout,
+    SkippedEntriesWarning,
     dataset_layout,
     load_annotations,
     read_annotations,
 )
-from promptdecouple.data.datamodule import TIReIDDataModule
+from promptdecouple.data.datamodule import ImageFilesError, TIReIDDataModule
 from promptdecouple.data.datasets import (
     GalleryImages,
     PrecollatedItems,
@@ -18,6 +19,7 @@ from promptdecouple.data.datasets import (
     collate_items,
     tokenize_captions,
 )
+from promptdecouple.data.images import ImageFileReport, check_image_files, inspect_image_file
 from promptdecouple.data.samplers import IdentityBatchSampler, SeededRandomSampler
 from promptdecouple.data.synthetic import write_synthetic
 from promptdecouple.data.transforms import (
@@ -39,14 +41,19 @@ __all__ = [
     "GalleryImages",
     "IdentityBatchSampler",
     "ImageDecodeError",
+    "ImageFileReport",
+    "ImageFilesError",
     "ImageTransform",
     "PrecollatedItems",
     "QueryCaptions",
     "SeededRandomSampler",
+    "SkippedEntriesWarning",
     "TIReIDDataModule",
     "TrainingPairs",
+    "check_image_files",
     "collate_items",
     "dataset_layout",
+    "inspect_image_file",
     "load_annotations",
     "load_image",
     "normalize_pixels",

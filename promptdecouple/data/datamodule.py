@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -11,17 +11,30 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from promptdecouple.data.annotations import dataset_layout, read_annotations
+from promptdecouple.checkpoint_settings import DATA_SETTINGS, CheckpointSettingsError, differences, refused
+from promptdecouple.data.annotations import (
+    AnnotationProblem,
+    BadEntries,
+    apply_bad_entries,
+    check_bad_entries,
+    dataset_layout,
+    describe_skipped,
+    load_annotations,
+)
 from promptdecouple.data.datasets import (
+    UNREADABLE_KEY,
     GalleryImages,
     QueryCaptions,
     TrainingPairs,
     collate_items,
     tokenize_captions,
+    unreadable_image_message,
 )
+from promptdecouple.data.images import check_image_files
 from promptdecouple.data.samplers import IdentityBatchSampler, SeededRandomSampler
 from promptdecouple.data.transforms import ImageTransform
 
@@ -30,6 +43,10 @@ if TYPE_CHECKING:
 
 EVAL_SPLITS = ("val", "test")
 MISSING_SHOWN = 5
+
+
+class ImageFilesError(OSError):
+    """Images listed by the annotations are missing or cannot be decoded (the message lists them)."""
 
 
 class TIReIDDataModule(L.LightningDataModule):
@@ -55,7 +72,14 @@ class TIReIDDataModule(L.LightningDataModule):
         instances_per_identity: K of the identity sampler.
         seed: seed of the identity sampler's epochs and of the held-out identities.
         pin_memory: pin host memory for faster GPU copies; None: when CUDA is available.
-        check_images: at `setup`, check that every image file of the splits in use exists.
+        check_images: at `setup`, check every image file of the splits in use: that it exists, is
+            not empty, begins like an image and (JPEG, PNG) ends like one; files flagged so are
+            decoded to tell truncated ones (they train, as in the reference code, and are
+            reported) from unreadable ones (an error, or left out with ``bad_entries="skip"``).
+        bad_entries: ``"error"`` (default): an annotation entry with a problem (an empty caption, a
+            bad split, ...) or an image that is missing or unreadable is an error that lists them
+            all. ``"skip"``: those entries are left out, and a warning reports how many, of which
+            kinds, and the first few (`skipped` holds them all).
 
     `num_classes` (training identities) can be read right after construction: it reads the
     annotations once (LightningCLI links it into the model before `setup`).
@@ -99,6 +123,7 @@ class TIReIDDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool | None = None,
         check_images: bool = True,
+        bad_entries: BadEntries = "error",
     ):
         super().__init__()
         self.layout = dataset_layout(dataset)
@@ -124,6 +149,7 @@ class TIReIDDataModule(L.LightningDataModule):
                 f"sampler='identity' needs batch_size ({batch_size}) to be a multiple of "
                 f"instances_per_identity ({instances_per_identity})"
             )
+        check_bad_entries(bad_entries)
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"image_size must be (height, width), got {image_size!r}")
         for name, value in (("batch_size", batch_size), ("text_length", text_length)):
@@ -148,6 +174,14 @@ class TIReIDDataModule(L.LightningDataModule):
         self.seed = seed
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.check_images = check_images
+        self.bad_entries = bad_entries
+        self.skipped: list[AnnotationProblem] = []
+        """Every entry left out with ``bad_entries="skip"`` (annotation and image problems)."""
+        self.truncated_images: dict[str, str] = {}
+        """Truncated image files found at setup (path: what is wrong); they train as they decode."""
+        self.unreadable_images: dict[str, int] = {}
+        """Images that could not be decoded while loading (path: times), replaced by the mean colour."""
+        self._dropped_images: set[int] = set()
         self.train_transform = ImageTransform(
             self.image_size, train=augment, flip=flip, pad_crop=pad_crop, random_erasing=random_erasing
         )
@@ -159,8 +193,14 @@ class TIReIDDataModule(L.LightningDataModule):
 
     @cached_property
     def annotations(self) -> pd.DataFrame:
-        """All captions (`read_annotations`), with the held-out identities moved to split ``"val"``."""
-        table = read_annotations(self.layout.name, self.root)
+        """All captions (`read_annotations`), with the held-out identities moved to split ``"val"``.
+
+        With ``bad_entries="skip"`` the entries with problems are left out (and reported once).
+        """
+        table, skipped = apply_bad_entries(*load_annotations(self.layout.name, self.root), self.bad_entries)
+        if skipped:
+            self.skipped.extend(skipped)
+            rank_zero_warn(describe_skipped(skipped, table.attrs["entries"], str(skipped[0].file)))
         if self.holdout_identities:
             train_pids = np.unique(table.loc[table["split"] == "train", "pid"])
             if self.holdout_identities >= len(train_pids):
@@ -186,12 +226,18 @@ class TIReIDDataModule(L.LightningDataModule):
         return len(self.train_pids)
 
     def split(self, name: str) -> pd.DataFrame:
-        """The captions of split `name`, with a clear error if the annotations have none."""
-        rows = self.annotations[self.annotations["split"] == name].reset_index(drop=True)
+        """The captions of split `name`, with a clear error if the annotations have none.
+
+        Entries whose image was left out at setup (``bad_entries="skip"``) are not in it.
+        """
+        table = self.annotations
+        rows = table[(table["split"] == name) & ~table["image_id"].isin(self._dropped_images)]
+        rows = rows.reset_index(drop=True)
         if rows.empty:
             found = ", ".join(sorted(self.annotations["split"].unique())) or "none"
+            left_out = " once the entries with unusable images were left out" if self._dropped_images else ""
             raise ValueError(
-                f"{self.layout.title} annotations under {self.root} have no {name!r} entries "
+                f"{self.layout.title} annotations under {self.root} have no {name!r} entries{left_out} "
                 f"(splits found: {found})"
             )
         return rows
@@ -226,9 +272,9 @@ class TIReIDDataModule(L.LightningDataModule):
         splits = [s for s in dict.fromkeys(splits) if s not in self._datasets]
         if not splits:
             return
-        tables = {name: self.split(name) for name in splits}
         if self.check_images:
-            self._check_images(tables)
+            self._check_images({name: self.split(name) for name in splits})
+        tables = {name: self.split(name) for name in splits}
         for name, rows in tables.items():
             tokens = tokenize_captions(self.tokenizer, rows["caption"].tolist(), self.text_length)
             if name == "train":
@@ -298,6 +344,28 @@ class TIReIDDataModule(L.LightningDataModule):
         order = SeededRandomSampler(dataset)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=order, drop_last=True, **common)
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the data: the settings (compared when a fit resumes)."""
+        return {"settings": {name: self.hparams[name] for name in DATA_SETTINGS if name in self.hparams}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Refuse to resume a fit with data settings that change the experiment (see `checkpoint_settings`)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return
+        found = differences(state_dict.get("settings", {}), self.hparams, DATA_SETTINGS, "data")
+        if bad := refused(found, fitting=True):
+            raise CheckpointSettingsError(str(trainer.ckpt_path), bad, fitting=True)
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Take the list of images that could not be decoded out of the batch, count and report them."""
+        unreadable = batch.pop(UNREADABLE_KEY, None) if isinstance(batch, dict) else None
+        for path in unreadable or ():
+            if path not in self.unreadable_images:
+                warnings.warn(unreadable_image_message(path), UserWarning, stacklevel=2)
+            self.unreadable_images[path] = self.unreadable_images.get(path, 0) + 1
+        return batch
+
     def val_dataloader(self) -> list[DataLoader]:
         """``[queries, gallery]`` of `eval_split`, in order."""
         return self._eval_loaders(self.eval_split)
@@ -331,15 +399,53 @@ class TIReIDDataModule(L.LightningDataModule):
         return 1, 0
 
     def _check_images(self, tables: dict[str, pd.DataFrame]) -> None:
+        """Check the image files of `tables` (see `check_images`); report, refuse or leave out."""
         paths = pd.unique(pd.concat([rows["image_path"] for rows in tables.values()]))
-        missing = [path for path in paths if not os.path.isfile(path)]
-        if missing:
-            shown = "\n  ".join(missing[:MISSING_SHOWN])
-            more = f"\n  ... and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
-            annotation_file = self.layout.annotation_file(self.root)
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(paths)} images listed in {annotation_file} "
-                f"({', '.join(tables)} splits) are missing:\n  {shown}{more}\n"
-                f"Expected layout: {self.layout.folders}; `promptdecouple data check --dataset "
-                f"{self.layout.name} --root {self.root}` lists them all."
+        report = check_image_files(paths)
+        annotation_file = self.layout.annotation_file(self.root)
+        if report.truncated:
+            self.truncated_images.update(report.truncated)
+            rank_zero_warn(
+                f"{len(report.truncated)} of {len(paths)} images listed in {annotation_file} are truncated: "
+                "they are used as far as they decode, the missing part grey, as the reference code does "
+                "(Pillow's LOAD_TRUNCATED_IMAGES):\n  " + _listing(report.truncated)
             )
+        unusable = report.unusable
+        if not unusable:
+            return
+        if self.bad_entries == "skip":
+            images = pd.concat(tables.values()).drop_duplicates("image_id")
+            images = images[images["image_path"].isin(unusable)]
+            problems = [
+                AnnotationProblem(
+                    annotation_file,
+                    f"image {row.image_path}: {unusable[row.image_path]}",
+                    int(row.image_id),
+                    int(row.pid),
+                    "missing image" if unusable[row.image_path] == "missing" else "unreadable image",
+                )
+                for row in images.itertuples()
+            ]
+            self._dropped_images.update(int(i) for i in images["image_id"])
+            self.skipped.extend(problems)
+            rank_zero_warn(describe_skipped(problems, len(paths), f"the images of {annotation_file}"))
+            return
+        what = " or ".join(
+            word for word, found in (("missing", report.missing), ("unreadable", report.unreadable)) if found
+        )
+        raise ImageFilesError(
+            f"{len(unusable)} of {len(paths)} images listed in {annotation_file} ({', '.join(tables)} splits) "
+            f"are {what}:\n  {_listing(unusable)}\n"
+            f"Expected layout: {self.layout.folders}; `promptdecouple data check --dataset "
+            f"{self.layout.name} --root {self.root}` lists them all. To train without them, pass "
+            "bad_entries='skip' (`--data.bad_entries skip`): their entries are left out and reported."
+        )
+
+
+def _listing(found: dict[str, str], shown: int = MISSING_SHOWN) -> str:
+    lines = [
+        path if reason == "missing" else f"{path}: {reason}" for path, reason in list(found.items())[:shown]
+    ]
+    if len(found) > shown:
+        lines.append(f"... and {len(found) - shown} more")
+    return "\n  ".join(lines)

@@ -8,6 +8,13 @@ memory inside a DataLoader worker) and gathers the other fields with one index e
 `collate_items` hands that batch on as it is. With PyTorch's `default_collate` the same items give
 the same batch, one copy later.
 
+Images are decoded as the public readers of these datasets decode them: a truncated file loads with
+its missing rows grey (`load_image(..., allow_truncated=True)`; the data module reports such files
+at setup). An image that cannot be decoded at all while loading (damage that only a full decode
+finds, or a file removed after setup) does not stop the run: the mean colour takes its place (a
+fully erased picture, as random erasing fills), a warning names the file, and batches built in one
+go list it under ``"unreadable_images"`` so that the data module can count and report it.
+
 Captions are tokenised once, up front (`tokenize_captions`), so items only index into tensors.
 Paths are kept in a numpy string array, not a Python list, so that forked DataLoader workers do not
 copy them page by page through reference counting.
@@ -16,6 +23,7 @@ copy them page by page through reference counting.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from promptdecouple.data.transforms import ImageTransform, load_image
+from promptdecouple.data.images import ImageDecodeError, load_image
+from promptdecouple.data.transforms import ImageTransform
+
+UNREADABLE_KEY = "unreadable_images"
 
 
 def tokenize_captions(tokenizer: Any, captions: Sequence[str], text_length: int) -> dict[str, torch.Tensor]:
@@ -63,7 +74,7 @@ class TrainingPairs(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {
-            "pixel_values": self.transform.pixels(load_image(self.image_paths[index])),
+            "pixel_values": _load_pixels(self.image_paths[index], self.transform),
             "input_ids": self.input_ids[index],
             "attention_mask": self.attention_mask[index],
             "pids": self.labels[index],
@@ -73,19 +84,15 @@ class TrainingPairs(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> PrecollatedItems:
         """The items of `indices`, built as one batch (see `PrecollatedItems`)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        pixels = _new_pixel_batch(len(indices), self.transform.image_size)
-        rows = pixels.numpy()
-        for row, position in enumerate(indices):
-            self.transform.write_pixels(load_image(self.image_paths[position]), rows[row])
-        return PrecollatedItems(
-            {
-                "pixel_values": pixels,
-                "input_ids": self.input_ids[index],
-                "attention_mask": self.attention_mask[index],
-                "pids": self.labels[index],
-                "index": index,
-            }
-        )
+        pixels, unreadable = _load_pixel_batch(self.image_paths, indices, self.transform)
+        batch = {
+            "pixel_values": pixels,
+            "input_ids": self.input_ids[index],
+            "attention_mask": self.attention_mask[index],
+            "pids": self.labels[index],
+            "index": index,
+        }
+        return PrecollatedItems(batch, unreadable)
 
 
 class QueryCaptions(Dataset):
@@ -130,17 +137,16 @@ class GalleryImages(Dataset):
         return len(self.pids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        pixels = self.transform.pixels(load_image(self.image_paths[index]))
+        pixels = _load_pixels(self.image_paths[index], self.transform)
         return {"pixel_values": pixels, "pids": self.pids[index], "index": index}
 
     def __getitems__(self, indices: Sequence[int]) -> PrecollatedItems:
         """The items of `indices`, built as one batch (see `PrecollatedItems`)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        pixels = _new_pixel_batch(len(indices), self.transform.image_size)
-        rows = pixels.numpy()
-        for row, position in enumerate(indices):
-            self.transform.write_pixels(load_image(self.image_paths[position]), rows[row])
-        return PrecollatedItems({"pixel_values": pixels, "pids": self.pids[index], "index": index})
+        pixels, unreadable = _load_pixel_batch(self.image_paths, indices, self.transform)
+        return PrecollatedItems(
+            {"pixel_values": pixels, "pids": self.pids[index], "index": index}, unreadable
+        )
 
 
 class PrecollatedItems(list):
@@ -150,14 +156,56 @@ class PrecollatedItems(list):
     straight into its row of one uint8 batch and gather the other fields with one index each;
     `collate_items` then hands `batch` on as it is. As a list it holds the same items as
     `__getitem__` would give (views into the batch), so `default_collate` also works, one copy later.
+    Images that could not be decoded (`unreadable`, paths) are listed in `batch` under
+    ``"unreadable_images"``, only when there are any.
     """
 
-    def __init__(self, batch: dict[str, torch.Tensor]):
+    def __init__(self, batch: dict[str, torch.Tensor], unreadable: Sequence[str] = ()):
         columns = {key: value.unbind(0) for key, value in batch.items()}
         super().__init__(
             dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
         )
-        self.batch = batch
+        self.batch = dict(batch, **{UNREADABLE_KEY: list(unreadable)}) if unreadable else batch
+
+
+def _load_pixels(path: str, transform: ImageTransform) -> torch.Tensor:
+    """One image as the loaders give it (uint8, 3 x H x W); the mean colour if it cannot be decoded."""
+    pixels = torch.empty((3, *transform.image_size), dtype=torch.uint8)
+    if not _write_image(path, transform, pixels.numpy()):
+        warnings.warn(unreadable_image_message(path), UserWarning, stacklevel=3)
+    return pixels
+
+
+def _load_pixel_batch(
+    paths: np.ndarray, indices: Sequence[int], transform: ImageTransform
+) -> tuple[torch.Tensor, list[str]]:
+    """The images at `indices` of `paths` in one uint8 batch, and the paths that could not be decoded."""
+    pixels = _new_pixel_batch(len(indices), transform.image_size)
+    rows = pixels.numpy()
+    unreadable = [
+        str(paths[position])
+        for row, position in enumerate(indices)
+        if not _write_image(paths[position], transform, rows[row])
+    ]
+    return pixels, unreadable
+
+
+def _write_image(path: str, transform: ImageTransform, out: np.ndarray) -> bool:
+    """Decode, transform and write one image into `out`; False (and the mean colour) if it cannot be decoded."""
+    try:
+        image = load_image(path, allow_truncated=True)
+    except (ImageDecodeError, FileNotFoundError):
+        transform.write_blank(out)
+        return False
+    transform.write_pixels(image, out)
+    return True
+
+
+def unreadable_image_message(path: str) -> str:
+    return (
+        f"image {path} could not be decoded while loading (it passed the checks at setup): the mean colour "
+        "takes its place, as a fully erased picture; `promptdecouple data check --decode` finds such files"
+    )
 
 
 def _new_pixel_batch(size: int, image_size: Sequence[int]) -> torch.Tensor:

@@ -49,6 +49,9 @@ SPLIT_FRACTIONS = {
     "rstpreid": (0.8, 0.1, 0.1),
 }
 CUHK_FOLDERS = ("CUHK01", "CUHK03", "Market", "cam_a", "cam_b", "test_query", "train_query")
+# ICFG-PEDES keeps MSMT17's image folders, which are MSMT17's split, not ICFG's: about two thirds of
+# the ICFG training entries point under imgs/test/. The twin draws each identity's folder likewise.
+ICFG_MSMT17_TEST_SHARE = 0.7
 
 
 @dataclass(frozen=True)
@@ -657,6 +660,13 @@ def write_synthetic(
 
     people = _draw_people(num_identities, seed)
     splits = _assign_splits(num_identities, fractions, seed)
+    if spec.name == "icfg-pedes":  # image folders by MSMT17's split, unrelated to the ICFG split
+        folders = [
+            "test" if np.random.default_rng([seed, i, 5]).random() < ICFG_MSMT17_TEST_SHARE else "train"
+            for i in range(num_identities)
+        ]
+    else:
+        folders = splits
     counts = [int(np.random.default_rng([seed, i, 3]).integers(low, high + 1)) for i in range(num_identities)]
     total = sum(counts)
     report = _progress_reporter(progress, total, f"writing {spec.title} twin")
@@ -668,7 +678,7 @@ def write_synthetic(
             for number in range(counts[person_index]):
                 rng = np.random.default_rng([seed, person_index, number, 1])
                 image, view = render_person(person, image_size, rng)
-                relative = _image_name(spec.name, splits[person_index], pid, number, rng)
+                relative = _image_name(spec.name, folders[person_index], pid, number, rng)
                 path = root / IMAGE_DIR / relative
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if path.suffix == ".png":
@@ -714,11 +724,11 @@ def _assign_splits(count: int, fractions: tuple[float, float, float], seed: int)
     return [labels[int(position)] for position in np.argsort(order)]
 
 
-def _image_name(dataset: str, split: str, pid: int, number: int, rng: np.random.Generator) -> str:
+def _image_name(dataset: str, folder: str, pid: int, number: int, rng: np.random.Generator) -> str:
     camera = int(rng.integers(1, 16))
     frame = int(rng.integers(0, 10000))
     if dataset == "icfg-pedes":
-        return f"{split}/{pid:04d}/{pid:04d}_{camera:03d}_{number + 1:02d}_0303morning_{frame:04d}_0.jpg"
+        return f"{folder}/{pid:04d}/{pid:04d}_{camera:03d}_{number + 1:02d}_0303morning_{frame:04d}_0.jpg"
     if dataset == "rstpreid":
         return f"{pid:04d}_c{camera}_{number:04d}.jpg"
     folder = CUHK_FOLDERS[pid % len(CUHK_FOLDERS)]

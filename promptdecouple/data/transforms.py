@@ -19,28 +19,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from promptdecouple.data.images import ImageDecodeError, load_image
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "ImageDecodeError",  # defined in promptdecouple.data.images; importable from here as before
+    "ImageTransform",
+    "load_image",
+    "normalize_pixels",
+]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ImageDecodeError(OSError):
-    """An image file that exists but cannot be decoded (truncated, corrupt, not an image)."""
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Decode the image at `path` as RGB; errors name the file."""
-    try:
-        image = Image.open(path)
-        image.load()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageDecodeError(f"cannot decode image {path}: {error}") from error
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return image
 
 
 def normalize_pixels(
@@ -205,6 +198,14 @@ class ImageTransform:
             out[:, :, dx:] = 0
         if self.train and self.random_erasing and random.random() < self.erasing_probability:
             self._erase(out)
+
+    def write_blank(self, out: np.ndarray) -> None:
+        """Fill `out` (uint8, 3 x H x W) with the mean colour: a fully erased picture.
+
+        What the data loaders put in place of an image that cannot be decoded mid-epoch (it
+        normalises to about 0, like random erasing's fill).
+        """
+        out[...] = self._fill
 
     def _erase(self, pixels: np.ndarray) -> None:
         """Fill one random rectangle with the mean colour, in place (up to 10 tries, as torchvision)."""

@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--resume")
     parser.add_argument("--validate")
+    parser.add_argument("--eval-batch-size", type=int, default=7)
+    parser.add_argument("--limit-val-batches", type=int, default=None, help="batches per evaluation loader")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -77,7 +79,7 @@ def main() -> None:
         image_size=(64, 32),
         text_length=32,
         batch_size=args.batch_size,
-        eval_batch_size=7,
+        eval_batch_size=args.eval_batch_size,
         num_workers=0,
         augment=False,
     )
@@ -109,11 +111,22 @@ def main() -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=True,
+        limit_val_batches=1.0 if args.limit_val_batches is None else args.limit_val_batches,
     )
     if args.validate:
         # one dict per evaluation loader (queries, gallery); the epoch-level metrics are in each
         metrics = trainer.validate(module, datamodule=data, ckpt_path=args.validate, verbose=False)[0]
         if trainer.global_rank == 0:
+            summary = module.last_evaluation["val"]
+            metrics["summary"] = {
+                "num_queries": summary.num_queries,
+                "num_gallery": summary.num_gallery,
+                "total_queries": summary.total_queries,
+                "total_gallery": summary.total_gallery,
+                "unmatched": summary.num_unmatched_queries,
+                "partial": summary.partial,
+                "chance": summary.chance,
+            }
             (args.out / "validate.json").write_text(json.dumps(metrics))
         return
     trainer.fit(module, datamodule=data, ckpt_path=args.resume)
