@@ -276,14 +276,20 @@ class SaveConfigToRunFolder(SaveConfigCallback):
     The folder is `run_folder(trainer)`; the file is `config.yaml`, or `config-1.yaml`, ... if that
     name is taken. With a `WandbLogger` the config (every argument, defaults included) also goes to
     the run config under the key `config` (filter and compare runs by `config.model.prompt_lr`),
-    with `evaluation`: which split the validation loop scores and which checkpoint is evaluated.
+    with `evaluation`: which split the validation loop scores (`val_split`: with "test", the test
+    split also selects the checkpoints), the metrics that select checkpoints, the checkpoint evaluated.
     """
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-                evaluation = {"val_split": getattr(trainer.datamodule, "eval_split", None)}
+                evaluation = {
+                    "val_split": getattr(trainer.datamodule, "eval_split", None),
+                    "checkpoints_selected_by": [
+                        cb.monitor for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)
+                    ],
+                }
                 if self.config.get("ckpt_path"):
                     evaluation["checkpoint"] = str(self.config.ckpt_path)
                 logger.log_hyperparams({"config": config, "evaluation": evaluation})

@@ -289,6 +289,7 @@ def test_fit_logs_the_config_and_the_retrieval_panel_to_wandb(tmp_path):
     try:
         assert main(["fit", "--config", str(path), "--model.prompt_lr", "0.005"]) == 0
         logged = wandb.run.config.as_dict()["config"]
+        evaluation = wandb.run.config.as_dict()["evaluation"]
         run_id = wandb.run.id
     finally:
         wandb.finish()
@@ -299,6 +300,7 @@ def test_fit_logs_the_config_and_the_retrieval_panel_to_wandb(tmp_path):
     assert logged["trainer"]["max_epochs"] == 1 and "num_sanity_val_steps" in logged["trainer"]
     assert (runs / "test" / run_id / "config.yaml").is_file()  # the run's own folder: save_dir/project/id
     assert not (runs / "config.yaml").exists()
+    assert evaluation == {"val_split": "val", "checkpoints_selected_by": []}  # which split the val loop scores
     assert len(list((run / "files" / "media" / "images" / "val").glob("retrieval_*.png"))) == 2
 
 
