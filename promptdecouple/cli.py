@@ -177,6 +177,12 @@ class PromptDecoupleCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         """With `--ckpt_path`: list what differs from the checkpoint, refuse or note it (before any work)."""
+        ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if self.checkpoint is None and ckpt_path == "last":  # Lightning resolves it at the start of the run
+            newest = _newest_last_checkpoint(self.trainer)
+            if newest is not None:
+                self.checkpoint = torch.load(newest, map_location="cpu", weights_only=True, mmap=True)
+                ckpt_path = str(newest)
         if self.checkpoint is None:
             return
         fitting = self.subcommand == "fit"
@@ -200,7 +206,6 @@ class PromptDecoupleCLI(LightningCLI):
                 found.append(
                     SettingDifference("stage_switch", "switch_epoch", saved_switch, switch, TRAINING)
                 )
-        ckpt_path = self.config[self.subcommand].ckpt_path
         if bad := refused(found, fitting):
             raise CheckpointSettingsError(ckpt_path, bad, fitting)
         for difference in found:
@@ -373,6 +378,21 @@ def _data_notes(data: TIReIDDataModule) -> list[str]:
             f"the mean colour: {shown}{' ...' if len(data.unreadable_images) > 3 else ''}"
         )
     return notes
+
+
+def _newest_last_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The checkpoint `ckpt_path="last"` resumes: the newest `last*.ckpt` in the checkpoint folders.
+
+    The rule of Lightning's own resolution (ModelCheckpoint's "last" names, newest modification
+    time), applied early so that the run's settings can be checked against it before any work.
+    """
+    candidates = [
+        path
+        for callback in trainer.checkpoint_callbacks
+        if getattr(callback, "dirpath", None) and Path(callback.dirpath).is_dir()
+        for path in Path(callback.dirpath).glob("last*.ckpt")
+    ]
+    return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
 def _subcommand_and_checkpoint(args: Sequence[str], subcommands) -> tuple[str | None, str | None]:

@@ -300,7 +300,10 @@ def test_fit_logs_the_config_and_the_retrieval_panel_to_wandb(tmp_path):
     assert logged["trainer"]["max_epochs"] == 1 and "num_sanity_val_steps" in logged["trainer"]
     assert (runs / "test" / run_id / "config.yaml").is_file()  # the run's own folder: save_dir/project/id
     assert not (runs / "config.yaml").exists()
-    assert evaluation == {"val_split": "val", "checkpoints_selected_by": []}  # which split the val loop scores
+    assert evaluation == {
+        "val_split": "val",
+        "checkpoints_selected_by": [],
+    }  # which split the val loop scores
     assert len(list((run / "files" / "media" / "images" / "val").glob("retrieval_*.png"))) == 2
 
 
@@ -385,6 +388,10 @@ def test_a_resume_refuses_changed_settings_listing_each_before_any_work(trained,
     assert "model.encoder_lr: checkpoint 0.0003, given 0.5" in err
     assert "data.batch_size: checkpoint 8, given 4" in err
     assert {p.name: p.stat().st_mtime_ns for p in (root / "ckpt").iterdir()} == before  # nothing ran
+    # `--ckpt_path last` (what requeued cluster jobs use) is checked against the checkpoint it means
+    assert main(["fit", "--config", str(config), "--ckpt_path", "last", "--model.encoder_lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {root / 'ckpt' / 'last.ckpt'} was trained" in err and "model.encoder_lr" in err
 
 
 def test_a_resume_uses_a_moved_clip_folder_and_continues_exactly(trained, tmp_path, capsys):

@@ -194,7 +194,9 @@ def check_image_files(
         threads = threads or min(8, (os.cpu_count() or 1) + 2)
         with ThreadPoolExecutor(threads) as pool:
             found = pool.map(decode, whole, chunksize=64)
-            flagged += [(path, reason) for path, reason in zip(whole, found, strict=True) if reason is not None]
+            flagged += [
+                (path, reason) for path, reason in zip(whole, found, strict=True) if reason is not None
+            ]
     if progress is not None:
         progress(len(flagged) if not decode_all else len(paths) - len(whole))
     # Decodes that may switch Pillow's truncated-image flag run here, one at a time, after the pool.
