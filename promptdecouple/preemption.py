@@ -79,7 +79,9 @@ class PreemptionCheckpoint(Callback):
             self._stopping = True
             _stop_after_this_step(trainer)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         if isinstance(exception, SIGTERMException):
             exception.code = EXIT_STATUS
         elif not (isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1):
@@ -90,7 +92,9 @@ class PreemptionCheckpoint(Callback):
         where = f"epoch {trainer.current_epoch}, after {trainer.global_step} optimizer steps"
         checkpoint = trainer.checkpoint_callback
         if not self.save_checkpoint or checkpoint is None or getattr(checkpoint, "dirpath", None) is None:
-            rank_zero_warn(f"fit interrupted by {reason} at {where}; no checkpoint saved (checkpointing is off)")
+            rank_zero_warn(
+                f"fit interrupted by {reason} at {where}; no checkpoint saved (checkpointing is off)"
+            )
             return
         path = os.path.join(checkpoint.dirpath, f"{self.filename}.ckpt")
         trainer.save_checkpoint(path)  # a collective: every process stopped after the same step

@@ -211,6 +211,12 @@ def search_parser() -> argparse.ArgumentParser:
         "--thumbnail-height", type=int, default=192, help="height of each image in the picture (default: 192)"
     )
     parser.add_argument("--no-cache", action="store_true", help="encode the gallery again and keep no cache")
+    parser.add_argument(
+        "--bad-entries",
+        choices=("error", "skip"),
+        default="error",
+        help="annotation entries with problems: refuse (default) or leave out, as --data.bad_entries",
+    )
     return parser
 
 
@@ -242,7 +248,7 @@ def _search(args: argparse.Namespace, console: Console) -> None:
     if args.query is not None and not args.query.strip():
         raise SearchError("--query is empty")
 
-    queries, gallery = _eval_set(args.dataset, args.root, args.split)
+    queries, gallery = _eval_set(args.dataset, args.root, args.split, args.bad_entries)
     where = f"the {args.split} split of {args.dataset} at {args.root}"
     if gallery.empty:
         raise SearchError(f"{where} has no gallery images")
@@ -332,9 +338,13 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
-def _eval_set(dataset: str, root: str, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _eval_set(
+    dataset: str, root: str, split: str, bad_entries: str = "error"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(queries, gallery) of the split, in the order validation and test use."""
-    data = TIReIDDataModule(dataset, root, tokenizer="unused", eval_split="test", check_images=False)
+    data = TIReIDDataModule(
+        dataset, root, tokenizer="unused", eval_split="test", check_images=False, bad_entries=bad_entries
+    )
     try:
         return data.eval_set(split)
     except (FileNotFoundError, ValueError) as error:
