@@ -86,6 +86,11 @@ class PromptDecoupleModule(L.LightningModule):
         text_prompt_depth, vision_prompt_depth: prompted layers per tower (None: every layer).
         stage1_losses, stage2_losses: loss names per stage, from "sdm", "itc" and "id".
         temperature: softmax temperature of the contrastive losses (0.02: logit scale 50).
+        contrastive_scope: ``"global"``: under DDP, SDM and ITC compare each pair with the whole
+            global batch (features gathered from every process, gradients flowing back to their
+            owners), so the loss and its gradient are those of one process on the global batch,
+            whatever the number of processes; ``"local"``: with the process's own batch only. The
+            same in a single process.
         id_loss_weight: weight of the identity loss.
         prompt_lr: learning rate of the prompts (stage 1).
         encoder_lr: learning rate of CLIP's weights (stage 2).
@@ -116,6 +121,7 @@ class PromptDecoupleModule(L.LightningModule):
         stage1_losses: Sequence[str] = ("sdm",),
         stage2_losses: Sequence[str] = ("sdm", "id"),
         temperature: float = 0.02,
+        contrastive_scope: Literal["global", "local"] = "global",
         id_loss_weight: float = 1.0,
         prompt_lr: float = 2e-3,
         encoder_lr: float = 1e-5,
@@ -145,6 +151,8 @@ class PromptDecoupleModule(L.LightningModule):
             )
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if contrastive_scope not in ("global", "local"):
+            raise ValueError(f"contrastive_scope must be 'global' or 'local', got {contrastive_scope!r}")
         for name, value in (("prompt_lr", prompt_lr), ("encoder_lr", encoder_lr), ("head_lr", head_lr)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -302,22 +310,63 @@ class PromptDecoupleModule(L.LightningModule):
         image_features = self.clip.encode_image(normalize_pixels(batch["pixel_values"]))
         text_features = self.clip.encode_text(batch["input_ids"], batch["attention_mask"])
         pids = batch["pids"]
+        image, text, batch_pids, rows = self._contrastive_batch(image_features, text_features, pids)
+        temperature = self.hparams.temperature
         terms = {}
         for name in self._losses(self.stage):
             if name == "sdm":
-                terms[name] = sdm_loss(image_features, text_features, pids, self.hparams.temperature)
+                terms[name] = sdm_loss(image, text, batch_pids, temperature, rows=rows)
             elif name == "itc":
-                terms[name] = itc_loss(image_features, text_features, self.hparams.temperature)
+                terms[name] = itc_loss(image, text, temperature, rows=rows)
             else:
                 logits = self.classifier(image_features), self.classifier(text_features)
                 terms[name] = self.hparams.id_loss_weight * id_loss(*logits, pids)
         loss = torch.stack(list(terms.values())).sum()
-        batch_size = pids.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        for name, value in terms.items():
+        self._log_training(loss, terms, pids.shape[0])
+        return loss
+
+    def _contrastive_batch(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, pids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, slice | None]:
+        """(images, texts, pids, own rows) for SDM / ITC: the global batch under DDP with global scope.
+
+        `all_gather(..., sync_grads=True)` stacks the processes' batches in rank order (the samplers
+        give process r the r-th slice of every global batch, so this is the global batch in the order
+        one process would have it) and sends the gradients of every process's loss back to the
+        features' owner. Each process averages over its own rows; DDP's averaging of gradients over
+        processes then gives the gradient of the global batch's loss, with no extra scaling.
+        """
+        world_size = self._world_size()
+        if self.hparams.contrastive_scope == "local" or world_size == 1:
+            return image_features, text_features, pids, None
+        size = pids.shape[0]
+        gathered = [
+            self.all_gather(tensor, sync_grads=True).flatten(0, 1)
+            for tensor in (image_features, text_features)
+        ]
+        all_pids = self.all_gather(pids).flatten(0, 1)
+        rank = self.global_rank
+        return gathered[0], gathered[1], all_pids, slice(rank * size, (rank + 1) * size)
+
+    def _log_training(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log the loss and its terms averaged over processes: the global batch's (one all-reduce)."""
+        values = torch.stack([loss, *terms.values()]).detach()
+        if self._world_size() > 1:
+            values = self.trainer.strategy.reduce(values, reduce_op="mean")
+        self.log("train/loss", values[0], prog_bar=True, batch_size=batch_size)
+        for name, value in zip(terms, values[1:], strict=True):
             self.log(f"train/loss_{name}", value, batch_size=batch_size)
         self.log("train/stage", float(self.stage), batch_size=batch_size)
-        return loss
+
+    def _world_size(self) -> int:
+        try:
+            return self.trainer.world_size
+        except RuntimeError:  # not attached to a Trainer
+            return 1
+
+    def on_train_start(self) -> None:
+        if self._restored_schedule is not None:  # resumed: the train loader and its state are set up now
+            self._check_restored_schedule()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["promptdecouple"] = {"stage": self.stage}
@@ -425,15 +474,20 @@ class PromptDecoupleModule(L.LightningModule):
             optimizer = torch.optim.Adam(groups, eps=hp.adam_eps, betas=tuple(hp.adam_betas))
         else:
             optimizer = torch.optim.AdamW(groups, eps=hp.adam_eps, betas=tuple(hp.adam_betas))
-        warmup, total = self._schedule_steps()
         if self._restored_schedule is not None:
-            self._check_restored_schedule(warmup, total)
+            # Resuming: the checkpoint's schedule, checked against this run's plan in `on_train_start`.
+            # Planning it here would need `trainer.estimated_stepping_batches`, which sets up the train
+            # loader before Lightning restores the loops, and the fit loop then never loads the saved
+            # loader state: a mid-epoch resume would restart its epoch (Lightning 2.6).
+            warmup, total = self._restored_schedule["warmup_steps"], self._restored_schedule["total_steps"]
+        else:
+            warmup, total = self._schedule_steps()
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, WarmupCosine(warmup, total, hp.warmup_start_factor, hp.min_lr_factor)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def _check_restored_schedule(self, warmup: int, total: int) -> None:
+    def _check_restored_schedule(self) -> None:
         """Refuse to resume when this run plans the stage's schedule differently from the checkpoint's run.
 
         The optimizer and scheduler states restored from a checkpoint carry its schedule; a run with
@@ -441,13 +495,14 @@ class PromptDecoupleModule(L.LightningModule):
         """
         saved, self._restored_schedule = self._restored_schedule, None
         planned = (saved.get("warmup_steps"), saved.get("total_steps"))
+        warmup, total = self._schedule_steps()
         if planned != (warmup, total):
             raise CheckpointMismatchError(
                 f"the checkpoint's learning-rate schedule for stage {self.stage} spans {planned[1]:,} optimizer "
                 f"steps ({planned[0]:,} of warm-up); this run plans {total:,} ({warmup:,}). trainer.max_epochs, "
-                "trainer.max_steps, the batch size, the number of processes, the training set, "
-                "limit_train_batches or accumulate_grad_batches differ from the run that wrote it. Resume with "
-                "the same values, or start a new run without ckpt_path."
+                "trainer.max_steps, the global batch size, the training set, limit_train_batches or "
+                "accumulate_grad_batches differ from the run that wrote it. Resume with the same values, or "
+                "start a new run without ckpt_path."
             )
 
     def _parameter_groups(self) -> list[dict]:

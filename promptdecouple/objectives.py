@@ -53,6 +53,7 @@ def sdm_loss(
     pids: torch.Tensor,
     temperature: float = 0.02,
     *,
+    rows: slice | None = None,
     epsilon: float = SDM_EPSILON,
 ) -> torch.Tensor:
     """Similarity distribution matching (IRRA, Jiang & Ye, CVPR 2023), both directions summed.
@@ -68,6 +69,10 @@ def sdm_loss(
         text_features: `(B, D)` text embeddings of the paired captions, not normalised.
         pids: `(B,)` integer identity labels; equal labels mark matching pairs across the batch.
         temperature: softmax temperature (IRRA: 0.02, i.e. logit scale 50).
+        rows: the pairs whose rows (an image against every text, a text against every image) this
+            call averages; None: all. Under DDP each process passes the gathered global batch and
+            its own rows: the mean over processes of their losses is then the global batch's loss,
+            and DDP's gradient averaging its gradient.
         epsilon: see `SDM_EPSILON`.
 
     Returns:
@@ -77,30 +82,41 @@ def sdm_loss(
     _check_pids(pids, batch_size)
     _check_positive(temperature, "temperature")
     _check_positive(epsilon, "epsilon")
+    rows = _check_rows(rows, batch_size)
     with _autocast_disabled(image_features.device):
-        logits = _cosine_similarity(image_features, text_features) / temperature
-        pids = pids.to(logits.device)
-        same_identity = (pids[:, None] == pids[None, :]).to(logits.dtype)
+        image, text = _normalized(image_features), _normalized(text_features)
+        pids = pids.to(image.device)
+        same_identity = (pids[rows, None] == pids[None, :]).to(image.dtype)
         log_target = torch.log(same_identity / same_identity.sum(dim=1, keepdim=True) + epsilon)
-        return _mean_kl_per_row(logits, log_target) + _mean_kl_per_row(logits.t(), log_target)
+        image_to_text = image[rows] @ text.t() / temperature
+        text_to_image = text[rows] @ image.t() / temperature
+        return _mean_kl_per_row(image_to_text, log_target) + _mean_kl_per_row(text_to_image, log_target)
 
 
 def itc_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, temperature: float = 0.02
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    temperature: float = 0.02,
+    *,
+    rows: slice | None = None,
 ) -> torch.Tensor:
     """Image-text contrastive loss (symmetric InfoNCE, as in CLIP): the mean of the two directions.
 
     The i-th image and i-th text are the only positive pair of each row and column, whatever their
     identities: `(CE(S / temperature, arange(B)) + CE(S.T / temperature, arange(B))) / 2`, each
-    cross-entropy averaged over the batch. Features are `(B, D)`, not normalised. Returns a float32
-    (float64 for float64 inputs) scalar.
+    cross-entropy averaged over the batch. Features are `(B, D)`, not normalised; `rows` as in
+    `sdm_loss` (the rows averaged; every column is a candidate). Returns a float32 (float64 for
+    float64 inputs) scalar.
     """
     batch_size = _check_features(image_features, text_features, "image_features", "text_features")
     _check_positive(temperature, "temperature")
+    rows = _check_rows(rows, batch_size)
     with _autocast_disabled(image_features.device):
-        logits = _cosine_similarity(image_features, text_features) / temperature
-        targets = torch.arange(batch_size, device=logits.device)
-        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+        image, text = _normalized(image_features), _normalized(text_features)
+        targets = torch.arange(batch_size, device=image.device)[rows]
+        image_to_text = image[rows] @ text.t() / temperature
+        text_to_image = text[rows] @ image.t() / temperature
+        return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2
 
 
 def id_loss(image_logits: torch.Tensor, text_logits: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
@@ -127,12 +143,20 @@ def _mean_kl_per_row(logits: torch.Tensor, log_target: torch.Tensor) -> torch.Te
     return (log_probs.exp() * (log_probs - log_target)).sum(dim=1).mean()
 
 
-def _cosine_similarity(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """`(B, B)` cosine similarities in at least float32; rows are images, columns texts."""
-    dtype = _loss_dtype(image_features)
-    image = F.normalize(image_features.to(dtype), dim=1)
-    text = F.normalize(text_features.to(dtype), dim=1)
-    return image @ text.t()
+def _normalized(features: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows in at least float32."""
+    return F.normalize(features.to(_loss_dtype(features)), dim=1)
+
+
+def _check_rows(rows: slice | None, batch_size: int) -> slice:
+    if rows is None:
+        return slice(0, batch_size)
+    if not isinstance(rows, slice) or rows.step not in (None, 1):
+        raise TypeError(f"rows must be a slice of consecutive rows or None, got {rows!r}")
+    start, stop, _ = rows.indices(batch_size)
+    if stop <= start:
+        raise ValueError(f"rows {rows!r} select no row of a batch of {batch_size}")
+    return slice(start, stop)
 
 
 def _loss_dtype(tensor: torch.Tensor) -> torch.dtype:

@@ -62,6 +62,11 @@ class StageSwitch(Callback):
         if stage != pl_module.stage:
             switch_stage(trainer, pl_module, stage)
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        # Lightning does not call on_train_epoch_start for the epoch a run resumes into, also when the
+        # checkpoint was written on the last batch of the epoch before: switch at its first batch then.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def state_dict(self) -> dict:
         return {"switch_epoch": self.switch_epoch}
 

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 
 from promptdecouple.data.annotations import AnnotationError, read_annotations
 from promptdecouple.data.datamodule import ImageFilesError, TIReIDDataModule
-from promptdecouple.data.samplers import SeededRandomSampler
+from promptdecouple.data.samplers import IdentityOrder, RandomOrder
 from promptdecouple.data.synthetic import write_synthetic
 from promptdecouple.data.transforms import CLIP_MEAN, CLIP_STD, normalize_pixels
 
@@ -217,7 +217,9 @@ def test_bad_arguments_fail_at_construction(rstp_root, tiny_clip_dir, kwargs, me
 
 
 def test_a_batch_larger_than_the_training_set_is_refused(rstp_root, tiny_clip_dir):
-    with pytest.raises(ValueError, match="fewer than batch_size=64"):
+    with pytest.raises(
+        ValueError, match=r"has 48 items, fewer than one global batch of 64 \(1 process\(es\) x 64\)"
+    ):
         make(rstp_root, tiny_clip_dir, batch_size=64).train_dataloader()
 
 
@@ -310,9 +312,8 @@ def test_a_resumed_run_sees_the_training_order_of_the_uninterrupted_run(
     assert resumed[1] == uninterrupted[1] and resumed[2] == uninterrupted[2]
     assert uninterrupted[0] != uninterrupted[1] != uninterrupted[2]
     for epoch, batches in uninterrupted.items():  # the order of (seed_everything's seed, epoch)
-        order = SeededRandomSampler(range(48), seed=7)
-        order.set_epoch(epoch)
-        assert sum(batches, []) == list(order)
+        order = RandomOrder(48, batch_size=8, seed=7)
+        assert batches == [batch.tolist() for batch in order.global_batches(epoch)]
 
 
 DDP_SCRIPT = textwrap.dedent(
@@ -378,12 +379,20 @@ def fit_with_two_process_ddp(root, tokenizer, out, sampler):
 
 
 def test_identity_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path):
-    """Lightning injects its DistributedSampler into our batch sampler."""
+    """Each rank loads whole identity groups of the same global batches; Lightning leaves the sampler be."""
     ranks = fit_with_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path, "identity")
+    assert [rank["sampler"] for rank in ranks] == ["IdentityOrder"] * 2
+    data = TIReIDDataModule(
+        "rstpreid", rstp_root, str(tiny_clip_dir), sampler="identity", instances_per_identity=2
+    )
+    data.setup("fit")
+    plan = IdentityOrder(data.train_dataset().labels.numpy(), batch_size=8, instances_per_identity=2, seed=3)
     for epoch in ("0", "1"):
         batches = [[tuple(index) for index, _ in rank["train"][epoch]] for rank in ranks]
         assert len(batches[0]) == len(batches[1]) > 0  # equal step counts: no rank waits forever
-        assert not set(batches[0]) & set(batches[1])  # each rank its own batches
+        assert not {i for b in batches[0] for i in b} & {i for b in batches[1] for i in b}
+        for step, global_batch in enumerate(plan.global_batches(int(epoch))):  # rank r: the r-th half
+            assert list(batches[0][step]) + list(batches[1][step]) == global_batch.tolist()
         for rank in ranks:
             for _, pids in rank["train"][epoch]:
                 assert sorted(
@@ -396,15 +405,19 @@ def test_identity_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_pa
 
 
 def test_random_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path):
-    """Lightning swaps SeededRandomSampler for its DistributedSampler: each rank its own half, per epoch."""
+    """Each rank its half of every global batch of 8, per epoch; Lightning leaves the sampler be."""
     ranks = fit_with_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path, "random")
-    assert [rank["sampler"] for rank in ranks] == ["DistributedSampler"] * 2
+    assert [rank["sampler"] for rank in ranks] == ["RandomOrder"] * 2
     assert {dtype for rank in ranks for dtype in rank["dtype"]} == {"torch.uint8"}
     for epoch in ("0", "1"):
         seen = [[i for index, _ in rank["train"][epoch] for i in index] for rank in ranks]
         assert len(seen[0]) == len(seen[1]) == 24  # 48 pairs, 6 batches of 4 per rank
         assert not set(seen[0]) & set(seen[1])
         assert sorted(seen[0] + seen[1]) == list(range(48))
+        for step, global_batch in enumerate(RandomOrder(48, batch_size=8, seed=3).global_batches(int(epoch))):
+            assert (
+                ranks[0]["train"][epoch][step][0] + ranks[1]["train"][epoch][step][0] == global_batch.tolist()
+            )
     assert ranks[0]["train"]["0"] != ranks[0]["train"]["1"]  # reshuffled each epoch
 
 
@@ -472,3 +485,27 @@ def test_skip_leaves_out_bad_annotation_entries_and_reports_them(rstp_root, tiny
     assert not data.annotations["image_id"].isin([1, 2]).any()
     with pytest.raises(ValueError, match="bad_entries must be 'error' or 'skip'"):
         make(root, tiny_clip_dir, bad_entries="drop")
+
+
+def test_a_global_batch_is_split_among_processes_or_refused(rstp_root, tiny_clip_dir):
+    from types import SimpleNamespace
+
+    data = make(rstp_root, tiny_clip_dir, global_batch_size=12, batch_size=64)
+    assert data.per_process_batch_size() == 12  # one process: the whole global batch; batch_size unused
+    for world_size, expected in ((2, 6), (3, 4)):
+        data.trainer = SimpleNamespace(world_size=world_size, global_rank=0)
+        assert data.per_process_batch_size() == expected
+        assert data.train_order().global_batch_size == 12
+    data.trainer = SimpleNamespace(world_size=5, global_rank=0)
+    with pytest.raises(ValueError, match="global_batch_size=12 does not divide among 5 processes"):
+        data.setup("fit")
+    identity = make(
+        rstp_root, tiny_clip_dir, global_batch_size=12, sampler="identity", instances_per_identity=2
+    )
+    identity.trainer = SimpleNamespace(world_size=4, global_rank=0)
+    with pytest.raises(
+        ValueError, match=r"per-process batch \(3 = global batch 12 / 4 processes\) must be a multiple"
+    ):
+        identity.per_process_batch_size()
+    with pytest.raises(ValueError, match="global_batch_size must be >= 1"):
+        make(rstp_root, tiny_clip_dir, global_batch_size=0)

@@ -42,6 +42,7 @@ def trainable_names(module):
         ({"num_classes": None}, "the 'id' loss needs num_classes"),
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"optimizer": "sgd"}, "optimizer must be 'adam' or 'adamw'"),
+        ({"contrastive_scope": "batch"}, "contrastive_scope must be 'global' or 'local'"),
         ({"prompt_lr": -1.0}, "prompt_lr must be >= 0"),
     ],
 )

@@ -391,3 +391,35 @@ def test_loss_names():
 def test_bad_loss_names_are_rejected(names, message):
     with pytest.raises(ValueError, match=message):
         validate_loss_names(names, "stage2_losses")
+
+
+@pytest.mark.parametrize("loss", ["sdm", "itc"])
+def test_the_mean_of_row_shares_is_the_whole_batch_loss_with_its_gradient(loss):
+    """What each DDP process computes with global negatives: its rows against every column."""
+    torch.manual_seed(0)
+    image = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
+    text = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
+    pids = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])
+
+    def compute(rows=None):
+        if loss == "sdm":
+            return sdm_loss(image, text, pids, 0.1, rows=rows)
+        return itc_loss(image, text, 0.1, rows=rows)
+
+    whole = compute()
+    (whole_image, whole_text) = torch.autograd.grad(whole, (image, text))
+    shares = [compute(slice(r * 2, (r + 1) * 2)) for r in range(4)]  # 4 "processes" of 2 rows
+    mean = torch.stack(shares).mean()
+    torch.testing.assert_close(mean, whole)
+    mean_image, mean_text = torch.autograd.grad(mean, (image, text))
+    torch.testing.assert_close(mean_image, whole_image)
+    torch.testing.assert_close(mean_text, whole_text)
+    assert not torch.allclose(shares[0], shares[1])  # the shares really differ
+
+
+def test_rows_must_be_a_consecutive_slice_of_the_batch():
+    image, text = torch.randn(4, 8), torch.randn(4, 8)
+    with pytest.raises(TypeError, match="slice of consecutive rows"):
+        itc_loss(image, text, rows=[0, 1])
+    with pytest.raises(ValueError, match="select no row"):
+        sdm_loss(image, text, torch.arange(4), rows=slice(4, 6))

@@ -20,7 +20,7 @@ from promptdecouple.data.datasets import (
     tokenize_captions,
 )
 from promptdecouple.data.images import ImageFileReport, check_image_files, inspect_image_file
-from promptdecouple.data.samplers import IdentityBatchSampler, SeededRandomSampler
+from promptdecouple.data.samplers import EpochOrder, IdentityOrder, RandomOrder
 from promptdecouple.data.synthetic import write_synthetic
 from promptdecouple.data.transforms import (
     CLIP_MEAN,
@@ -39,14 +39,15 @@ __all__ = [
     "AnnotationProblem",
     "DatasetLayout",
     "GalleryImages",
-    "IdentityBatchSampler",
+    "EpochOrder",
+    "IdentityOrder",
     "ImageDecodeError",
     "ImageFileReport",
     "ImageFilesError",
     "ImageTransform",
     "PrecollatedItems",
     "QueryCaptions",
-    "SeededRandomSampler",
+    "RandomOrder",
     "SkippedEntriesWarning",
     "TIReIDDataModule",
     "TrainingPairs",

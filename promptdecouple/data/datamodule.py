@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +14,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from promptdecouple.checkpoint_settings import DATA_SETTINGS, CheckpointSettingsError, differences, refused
 from promptdecouple.data.annotations import (
@@ -35,7 +36,7 @@ from promptdecouple.data.datasets import (
     unreadable_image_message,
 )
 from promptdecouple.data.images import check_image_files
-from promptdecouple.data.samplers import IdentityBatchSampler, SeededRandomSampler
+from promptdecouple.data.samplers import EpochOrder, IdentityOrder, RandomOrder
 from promptdecouple.data.transforms import ImageTransform
 
 if TYPE_CHECKING:
@@ -58,19 +59,25 @@ class TIReIDDataModule(L.LightningDataModule):
         tokenizer: Hugging Face hub name or local directory of the tokenizer (the CLIP's).
         image_size: (height, width) of the model input.
         text_length: tokens per caption, padded and truncated (EOS kept last).
-        batch_size: training batch size (per process under DDP).
-        eval_batch_size: evaluation batch size; None: same as `batch_size`.
+        batch_size: training batch per process (Lightning's convention), when `global_batch_size`
+            is not given.
+        global_batch_size: training pairs per optimizer step over all processes; each process
+            loads `global_batch_size / world_size` (an error if that does not divide). The same
+            value on 1 or 8 GPUs trains the same experiment. None: `batch_size` per process.
+        eval_batch_size: evaluation batch size; None: the per-process training batch.
         num_workers: DataLoader worker processes.
         eval_split: the split `val_dataloader` evaluates: ``"val"`` or ``"test"``. ICFG-PEDES has no
             val split: choose ``"test"`` (as IRRA does; model selection then sees the test set) or
             hold out training identities with `holdout_identities`.
-        holdout_identities: if > 0, this many training identities (drawn with `seed`) leave the
-            training set and form the ``"val"`` split. Only for datasets without a val split.
+        holdout_identities: if > 0, this many training identities (drawn with `holdout_seed`) leave
+            the training set and form the ``"val"`` split. Only for datasets without a val split.
+        holdout_seed: seed of the held-out identities (fixed, so every run validates on the same).
         augment: training augmentation on/off; `flip`, `pad_crop`, `random_erasing` pick which.
-        sampler: ``"random"`` (shuffled pairs) or ``"identity"`` (P x K identity-balanced batches,
-            K = `instances_per_identity`, P = `batch_size` / K; DDP-aware).
-        instances_per_identity: K of the identity sampler.
-        seed: seed of the identity sampler's epochs and of the held-out identities.
+        sampler: ``"random"`` (shuffled pairs) or ``"identity"`` (identity-balanced global batches
+            of P identities x K = `instances_per_identity` items).
+        instances_per_identity: K of the identity sampler; the per-process batch must be a multiple.
+        seed: seed of the training order and of the augmentation draws; None: the run's seed
+            (`seed_everything`, 0 if none was set), read at `setup`.
         pin_memory: pin host memory for faster GPU copies; None: when CUDA is available.
         check_images: at `setup`, check every image file of the splits in use: that it exists, is
             not empty, begins like an image and (JPEG, PNG) ends like one; files flagged so are
@@ -95,11 +102,12 @@ class TIReIDDataModule(L.LightningDataModule):
       `input_ids`, `attention_mask`, raw `pids` and `index` (position in `eval_set(split)[0]`);
       gallery batches `pixel_values`, raw `pids` and `index` (position in `eval_set(split)[1]`).
 
-    Training order: with ``sampler="random"`` each epoch's order is a function of
-    `seed_everything`'s seed and the epoch (`SeededRandomSampler`), so a run resumed from an
-    end-of-epoch checkpoint sees the batches the uninterrupted run saw; under DDP Lightning's
-    `DistributedSampler` takes over with the same rule. ``sampler="identity"`` plans each epoch from
-    (`seed`, epoch).
+    Training order (`promptdecouple.data.samplers`): each epoch is a list of global batches, a
+    function of the seed and the epoch; each process loads its slice of every global batch, and each
+    item's augmentation is drawn from (seed, epoch, item). One config therefore trains on the same
+    global batches with the same augmentation on any number of processes, and the train loader (a
+    torchdata `StatefulDataLoader`, whose state Lightning saves in checkpoints) resumes at the next
+    batch of an interrupted epoch.
     """
 
     def __init__(
@@ -110,17 +118,19 @@ class TIReIDDataModule(L.LightningDataModule):
         image_size: tuple[int, int] = (384, 128),
         text_length: int = 77,
         batch_size: int = 64,
+        global_batch_size: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
         eval_split: Literal["val", "test"] = "val",
         holdout_identities: int = 0,
+        holdout_seed: int = 0,
         augment: bool = True,
         flip: bool = True,
         pad_crop: bool = True,
         random_erasing: bool = True,
         sampler: Literal["random", "identity"] = "random",
         instances_per_identity: int = 4,
-        seed: int = 0,
+        seed: int | None = None,
         pin_memory: bool | None = None,
         check_images: bool = True,
         bad_entries: BadEntries = "error",
@@ -144,7 +154,11 @@ class TIReIDDataModule(L.LightningDataModule):
             )
         if sampler not in ("random", "identity"):
             raise ValueError(f"sampler must be 'random' or 'identity', got {sampler!r}")
-        if sampler == "identity" and (instances_per_identity < 1 or batch_size % instances_per_identity):
+        if global_batch_size is not None and global_batch_size < 1:
+            raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+        if sampler == "identity" and instances_per_identity < 1:
+            raise ValueError(f"instances_per_identity must be >= 1, got {instances_per_identity}")
+        if sampler == "identity" and global_batch_size is None and batch_size % instances_per_identity:
             raise ValueError(
                 f"sampler='identity' needs batch_size ({batch_size}) to be a multiple of "
                 f"instances_per_identity ({instances_per_identity})"
@@ -165,13 +179,17 @@ class TIReIDDataModule(L.LightningDataModule):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.text_length = text_length
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.global_batch_size = global_batch_size
+        self._eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.eval_split = eval_split
         self.holdout_identities = holdout_identities
+        self.holdout_seed = holdout_seed
         self.sampler = sampler
         self.instances_per_identity = instances_per_identity
         self.seed = seed
+        self.order_seed: int | None = seed
+        """The seed the training order and augmentation use (`seed`, or the run's, fixed at setup)."""
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.check_images = check_images
         self.bad_entries = bad_entries
@@ -208,7 +226,7 @@ class TIReIDDataModule(L.LightningDataModule):
                     f"holdout_identities={self.holdout_identities} leaves no training identity "
                     f"({len(train_pids)} in the train split)"
                 )
-            held_out = np.random.default_rng(self.seed).choice(
+            held_out = np.random.default_rng(self.holdout_seed).choice(
                 train_pids, self.holdout_identities, replace=False
             )
             moved = (table["split"] == "train") & table["pid"].isin(held_out)
@@ -258,7 +276,15 @@ class TIReIDDataModule(L.LightningDataModule):
     # ---- Lightning hooks ----
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the datasets the stage needs; finds missing images and splits now, not mid-epoch."""
+        """Build the datasets the stage needs; finds missing images and splits now, not mid-epoch.
+
+        Also fixes the seed of the training order (`order_seed`) and, for `fit`, checks that the
+        global batch divides among the processes.
+        """
+        if self.order_seed is None:
+            self.order_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        if stage in ("fit", None):
+            self.per_process_batch_size()
         splits = {
             "fit": ["train", self.eval_split],
             "validate": [self.eval_split],
@@ -280,7 +306,7 @@ class TIReIDDataModule(L.LightningDataModule):
             if name == "train":
                 labels = np.searchsorted(self.train_pids, rows["pid"].to_numpy())
                 self._datasets[name] = TrainingPairs(
-                    rows["image_path"].to_numpy(), labels, tokens, self.train_transform
+                    rows["image_path"].to_numpy(), labels, tokens, self.train_transform, seed=self._seed()
                 )
             else:
                 _, gallery = self.eval_set(name)
@@ -312,48 +338,84 @@ class TIReIDDataModule(L.LightningDataModule):
         self._build([split])
         return self._datasets[split]
 
-    def train_dataloader(self) -> DataLoader:
-        """Training pairs in full batches, reshuffled each epoch (P x K with ``sampler="identity"``)."""
-        dataset = self.train_dataset()
-        common = dict(
-            num_workers=self.num_workers,
-            collate_fn=collate_items,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-        if self.sampler == "identity":
-            num_replicas, rank = self._distributed()
-            # Under DDP Lightning replaces `sampler` with its own DistributedSampler (same rank and
-            # world size) and calls its set_epoch; IdentityBatchSampler reads both from it.
-            where = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-            batches = IdentityBatchSampler(
-                where,
-                self.batch_size,
-                drop_last=True,
-                pids=dataset.labels.numpy(),
-                instances_per_identity=self.instances_per_identity,
-                seed=self.seed,
-            )
-            return DataLoader(dataset, batch_sampler=batches, **common)
-        if len(dataset) < self.batch_size:
+    def per_process_batch_size(self) -> int:
+        """The training batch of one process: `global_batch_size / world_size`, else `batch_size`."""
+        world_size, _ = self._distributed()
+        if self.global_batch_size is None:
+            per_process = self.batch_size
+        elif self.global_batch_size % world_size:
             raise ValueError(
-                f"the training split has {len(dataset)} (image, caption) pairs, fewer than batch_size="
-                f"{self.batch_size}: lower batch_size"
+                f"global_batch_size={self.global_batch_size} does not divide among {world_size} processes: "
+                f"give a multiple of {world_size} (each process loads global_batch_size / {world_size})"
             )
-        # A RandomSampler subclass: under DDP Lightning replaces it with its DistributedSampler.
-        order = SeededRandomSampler(dataset)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=order, drop_last=True, **common)
+        else:
+            per_process = self.global_batch_size // world_size
+        if self.sampler == "identity" and per_process % self.instances_per_identity:
+            raise ValueError(
+                f"sampler='identity': the per-process batch ({per_process} = global batch "
+                f"{per_process * world_size} / {world_size} processes) must be a multiple of "
+                f"instances_per_identity ({self.instances_per_identity})"
+            )
+        return per_process
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Evaluation batch size: `eval_batch_size`, else the per-process training batch."""
+        return self._eval_batch_size or self.per_process_batch_size()
+
+    def train_order(self) -> EpochOrder:
+        """This process's training sampler: its share of every global batch (see `samplers`)."""
+        dataset = self.train_dataset()
+        world_size, rank = self._distributed()
+        per_process = self.per_process_batch_size()
+        if self.sampler == "identity":
+            return IdentityOrder(
+                dataset.labels.numpy(),
+                per_process,
+                self.instances_per_identity,
+                world_size,
+                rank,
+                self._seed(),
+            )
+        return RandomOrder(len(dataset), per_process, world_size, rank, self._seed())
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        """Training pairs in full batches, this process's share of each global batch, resumable mid-epoch.
+
+        A torchdata `StatefulDataLoader`: Lightning saves its state (with the sampler's) in
+        checkpoints and restores it on resume, so an interrupted epoch continues at its next batch.
+        """
+        dataset = self.train_dataset()
+        order = self.train_order()
+        with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+            return StatefulDataLoader(
+                dataset,
+                batch_size=order.batch_size,
+                sampler=order,
+                drop_last=True,
+                num_workers=self.num_workers,
+                collate_fn=collate_items,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
+
+    def _seed(self) -> int:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0)) if self.order_seed is None else self.order_seed
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps of the data: the settings (compared when a fit resumes)."""
-        return {"settings": {name: self.hparams[name] for name in DATA_SETTINGS if name in self.hparams}}
+        settings = {name: self.hparams[name] for name in DATA_SETTINGS if name in self.hparams}
+        settings["seed"] = self._seed()  # the seed used, also when the run's seed was taken
+        return {"settings": settings}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Refuse to resume a fit with data settings that change the experiment (see `checkpoint_settings`)."""
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return
-        found = differences(state_dict.get("settings", {}), self.hparams, DATA_SETTINGS, "data")
+        given = {**self.hparams, "seed": self._seed()}
+        found = differences(state_dict.get("settings", {}), given, DATA_SETTINGS, "data")
         if bad := refused(found, fitting=True):
             raise CheckpointSettingsError(str(trainer.ckpt_path), bad, fitting=True)
 

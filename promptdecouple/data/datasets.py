@@ -23,6 +23,7 @@ copy them page by page through reference counting.
 from __future__ import annotations
 
 import math
+import random
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -52,6 +53,12 @@ class TrainingPairs(Dataset):
     """One item per (image, caption) of the training split, with its identity label 0..C-1.
 
     Item: `pixel_values` uint8 (3, H, W), `input_ids`, `attention_mask` (L,), `pids` (label), `index`.
+
+    Keys are item indices, or `(index, epoch)` pairs as the training samplers yield them
+    (`promptdecouple.data.samplers`): the augmentation of such a key is drawn from its own
+    generator, seeded from (`seed`, epoch, index), so it is the same whichever process or loader
+    worker builds the item, and the same again when a run resumes. Plain indices draw from
+    Python's global `random`.
     """
 
     def __init__(
@@ -60,6 +67,7 @@ class TrainingPairs(Dataset):
         labels: Sequence[int],
         tokens: dict[str, torch.Tensor],
         transform: ImageTransform,
+        seed: int = 0,
     ):
         if not len(image_paths) == len(labels) == len(tokens["input_ids"]):
             raise ValueError("image_paths, labels and tokens must have one entry per pair")
@@ -68,23 +76,29 @@ class TrainingPairs(Dataset):
         self.input_ids = tokens["input_ids"]
         self.attention_mask = tokens["attention_mask"]
         self.transform = transform
+        self.seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, rng = self._resolve(key)
         return {
-            "pixel_values": _load_pixels(self.image_paths[index], self.transform),
+            "pixel_values": _load_pixels(self.image_paths[index], self.transform, rng),
             "input_ids": self.input_ids[index],
             "attention_mask": self.attention_mask[index],
             "pids": self.labels[index],
             "index": index,
         }
 
-    def __getitems__(self, indices: Sequence[int]) -> PrecollatedItems:
-        """The items of `indices`, built as one batch (see `PrecollatedItems`)."""
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> PrecollatedItems:
+        """The items of `keys`, built as one batch (see `PrecollatedItems`)."""
+        resolved = [self._resolve(key) for key in keys]
+        indices = [index for index, _ in resolved]
         index = torch.as_tensor(indices, dtype=torch.long)
-        pixels, unreadable = _load_pixel_batch(self.image_paths, indices, self.transform)
+        pixels, unreadable = _load_pixel_batch(
+            self.image_paths, indices, self.transform, [r for _, r in resolved]
+        )
         batch = {
             "pixel_values": pixels,
             "input_ids": self.input_ids[index],
@@ -93,6 +107,17 @@ class TrainingPairs(Dataset):
             "index": index,
         }
         return PrecollatedItems(batch, unreadable)
+
+    def _resolve(self, key: int | tuple[int, int]) -> tuple[int, random.Random | None]:
+        if isinstance(key, tuple):
+            index, epoch = int(key[0]), int(key[1])
+            return index, random.Random(augmentation_seed(self.seed, epoch, index))
+        return int(key), None
+
+
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one item's augmentation draws in one epoch: distinct for every (seed, epoch, index)."""
+    return (seed << 64) + (epoch << 32) + index
 
 
 class QueryCaptions(Dataset):
@@ -168,36 +193,42 @@ class PrecollatedItems(list):
         self.batch = dict(batch, **{UNREADABLE_KEY: list(unreadable)}) if unreadable else batch
 
 
-def _load_pixels(path: str, transform: ImageTransform) -> torch.Tensor:
+def _load_pixels(path: str, transform: ImageTransform, rng: random.Random | None = None) -> torch.Tensor:
     """One image as the loaders give it (uint8, 3 x H x W); the mean colour if it cannot be decoded."""
     pixels = torch.empty((3, *transform.image_size), dtype=torch.uint8)
-    if not _write_image(path, transform, pixels.numpy()):
+    if not _write_image(path, transform, pixels.numpy(), rng):
         warnings.warn(unreadable_image_message(path), UserWarning, stacklevel=3)
     return pixels
 
 
 def _load_pixel_batch(
-    paths: np.ndarray, indices: Sequence[int], transform: ImageTransform
+    paths: np.ndarray,
+    indices: Sequence[int],
+    transform: ImageTransform,
+    rngs: Sequence[random.Random | None] | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """The images at `indices` of `paths` in one uint8 batch, and the paths that could not be decoded."""
     pixels = _new_pixel_batch(len(indices), transform.image_size)
     rows = pixels.numpy()
+    rngs = rngs or [None] * len(indices)
     unreadable = [
         str(paths[position])
-        for row, position in enumerate(indices)
-        if not _write_image(paths[position], transform, rows[row])
+        for row, (position, rng) in enumerate(zip(indices, rngs, strict=True))
+        if not _write_image(paths[position], transform, rows[row], rng)
     ]
     return pixels, unreadable
 
 
-def _write_image(path: str, transform: ImageTransform, out: np.ndarray) -> bool:
+def _write_image(
+    path: str, transform: ImageTransform, out: np.ndarray, rng: random.Random | None = None
+) -> bool:
     """Decode, transform and write one image into `out`; False (and the mean colour) if it cannot be decoded."""
     try:
         image = load_image(path, allow_truncated=True)
     except (ImageDecodeError, FileNotFoundError):
         transform.write_blank(out)
         return False
-    transform.write_pixels(image, out)
+    transform.write_pixels(image, out, rng)
     return True
 
 

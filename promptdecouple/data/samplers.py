@@ -1,173 +1,191 @@
-"""Training-order samplers whose order is a function of (seed, epoch), so that resumed runs repeat it.
+"""The training order: global batches of an epoch, each process's share of them, resumable at any step.
 
-`SeededRandomSampler` shuffles like `RandomSampler`, but draws each epoch's order from its own
-generator seeded with `seed + epoch` instead of the global RNG: a run resumed from a checkpoint at
-epoch e sees the order the uninterrupted run saw. Under DDP Lightning swaps it (as any
-`RandomSampler`) for a `DistributedSampler(shuffle=True, seed=<seed_everything seed>)`, which follows
-the same rule and gives each rank its own share.
+One experiment on any number of processes needs the *global* batch of every step to be the same
+whatever the number of processes: with a global batch of 64, one process trains on the 64 items of
+step `s`, four processes on 16 of them each. The samplers here plan each epoch as a list of global
+batches, a pure function of `(seed, epoch)`, and give process `rank` of `num_replicas` the
+contiguous slice `rank * B : (rank + 1) * B` of each (`B = global batch / num_replicas`). Gathering
+the processes' features in rank order (`all_gather`) therefore rebuilds the global batch in the
+order one process would see it.
 
-`IdentityBatchSampler` makes identity-balanced batches (P identities x K samples), split across DDP
-ranks. Losses that compare samples within a batch (SDM's same-identity targets, triplets) need
-several samples of each identity in a batch; plain shuffling rarely gives them. It plans one epoch
-at a time, from `(seed, epoch)` alone, so every rank computes the same plan and takes its own share
-of the batches: ranks never see the same batch, and all ranks get the same number of steps.
+- `RandomOrder`: a permutation of the items per epoch, cut into global batches (the last, partial
+  batch is dropped, as `drop_last=True` does).
+- `IdentityOrder`: identity-balanced global batches of `P` identities x `K` items (`K =
+  instances_per_identity`), no identity twice in a batch. Losses that compare samples within a
+  batch (SDM's same-identity targets) need several samples of an identity in a batch.
 
-Under a Lightning `Trainer` with DDP, Lightning replaces a batch sampler's `sampler` argument with a
-`DistributedSampler` (`use_distributed_sampler=True`, the default) and calls `set_epoch` on it
-every epoch. `IdentityBatchSampler` takes the rank, world size and epoch from that sampler, so it
-works with Lightning's re-wrapping rather than against it; with `use_distributed_sampler=False` (or
-outside Lightning) pass `num_replicas`/`rank` and call `set_epoch` yourself.
+Both are `DistributedSampler`s: Lightning leaves a distributed sampler it finds in a loader as it
+is, instead of replacing it with its own (which would split the items by another rule). They yield
+`(index, epoch)` keys: the datasets draw each item's augmentation from `(seed, epoch, index)`, so
+the draws do not depend on which process or loader worker produced the item.
+
+Resuming mid-epoch: `state_dict()` is `{epoch, batches}` (global batches done); `load_state_dict`
+sets that epoch, and its next iteration skips those batches (on any number of processes); iterating
+another epoch ignores the saved position. A checkpoint taken on the last batch of an epoch continues
+with the first batch of the next epoch. torchdata's
+`StatefulDataLoader`, whose state Lightning's fit loop saves in checkpoints, carries this state.
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import BatchSampler, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 
-class SeededRandomSampler(RandomSampler):
-    """A random permutation of `data_source` per epoch, drawn from `seed + epoch` alone.
+class EpochOrder(DistributedSampler):
+    """One process's share of every global batch of an epoch, as `(index, epoch)` keys.
 
-    `set_epoch(epoch)` picks the epoch (Lightning's fit loop calls it on the train loader's sampler
-    at the start of every epoch, resumed runs included); iterating twice in one epoch repeats the
-    order. `seed=None` takes `seed_everything`'s seed (the ``PL_GLOBAL_SEED`` environment variable,
-    else 0) when the sampler is made: the seed Lightning gives its `DistributedSampler` under DDP, so
-    a single process sees the order a one-process `DistributedSampler(shuffle=True)` would.
-
-    Being a `RandomSampler`, it is replaced by that `DistributedSampler` when Lightning runs DDP
-    (with the default `use_distributed_sampler=True`); each rank then gets its own share.
+    Subclasses define `global_batches(epoch)`. `batch_size` is the per-process batch `B`; the
+    global batch is `B * num_replicas`. `len(self)` is the number of keys per epoch (a multiple of
+    `B`); load them with `batch_size=B, drop_last=True`.
     """
 
-    def __init__(self, data_source: Sized, seed: int | None = None):
-        super().__init__(data_source)
-        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else int(seed)
-        self.epoch = 0
+    def __init__(
+        self, size: int, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas), got rank {rank} of {num_replicas}")
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.size = size
+        self.batch_size = batch_size
+        self.yielded = 0
+        self._resume: tuple[int, int] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of `epoch` from the next iteration on."""
-        self.epoch = int(epoch)
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.num_replicas
 
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        """Every global batch of `epoch`, in order, each `global_batch_size` item indices."""
+        raise NotImplementedError
+
+    def num_batches(self) -> int:
+        """Optimizer steps per epoch: the same for every process."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
-        return len(self.data_source)
+        return self.num_batches() * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        skip = 0
+        if self._resume is not None:
+            saved_epoch, batches_done = self._resume
+            self._resume = None
+            if saved_epoch == epoch:
+                skip = batches_done * self.batch_size
+        start, stop = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        keys = [(int(i), epoch) for batch in self.global_batches(epoch) for i in batch[start:stop]]
+        self.yielded = skip
+        for key in keys[skip:]:
+            self.yielded += 1
+            yield key
+
+    def state_dict(self) -> dict:
+        """Where the current epoch is: `{"epoch": e, "batches": global batches done, "yielded": keys}`.
+
+        The position counts global batches, so a run may resume on another number of processes.
+        """
+        return {"epoch": self.epoch, "batches": self.yielded // self.batch_size, "yielded": self.yielded}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue where the state says: the saved epoch after its done batches, or the next epoch.
+
+        The epoch is set here too: with loader workers, the loader draws keys (prefetching) as soon
+        as it is restored, before Lightning sets the epoch of the resumed run (to the same value). A
+        state at the end of an epoch continues with the first batch of the next one.
+        """
+        epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
+        if batches < 0:
+            raise ValueError(f"cannot resume from a negative position: {state_dict}")
+        if batches >= self.num_batches():
+            epoch, batches = epoch + 1, 0
+        self.epoch = epoch
+        self._resume = (epoch, batches) if batches else None
 
 
-class IdentityBatchSampler(BatchSampler):
-    """Batches of `batch_size // instances_per_identity` distinct identities, K samples each.
+class RandomOrder(EpochOrder):
+    """Each epoch, a permutation of the `size` items drawn from `(seed, epoch)`, cut into global batches.
 
-    `pids[i]` is the identity of dataset item `i`. Each epoch, every identity's items are shuffled
-    and cut into groups of K (a short last group, or an identity with fewer than K items, is topped
-    up with other items of the same identity), and the groups are dealt into batches so that no
-    identity appears twice in a batch. Every item is used once per epoch except the fewer than P
-    groups left over (a different few each epoch). Epochs have a fixed number of batches,
-    `(number of groups // P) // num_replicas` per rank.
+    The permutation is `torch.randperm(size)` under a generator seeded with `seed + epoch`, as
+    `DistributedSampler(shuffle=True)` draws it; the global random state is neither used nor changed.
+    """
 
-    Batches are always full; `drop_last` is kept for the `BatchSampler` interface (Lightning passes
-    it on when it re-creates the sampler).
+    def __init__(
+        self, size: int, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0
+    ) -> None:
+        super().__init__(size, batch_size, num_replicas, rank, seed)
+        if self.num_batches() < 1:
+            raise ValueError(
+                f"the training set has {size} items, fewer than one global batch of {self.global_batch_size} "
+                f"({num_replicas} process(es) x {batch_size}): lower the batch size"
+            )
 
-    `sampler` carries the distributed setting: a `DistributedSampler` (rank, world size, and the
-    epoch that `set_epoch` sets), as Lightning injects under DDP. Without one, a
-    `DistributedSampler` is made from `num_replicas`/`rank` (default: the initialised process group,
-    else a single process).
+    def num_batches(self) -> int:
+        return self.size // self.global_batch_size
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + epoch)
+        order = torch.randperm(self.size, generator=generator).numpy()
+        size = self.global_batch_size
+        return [order[i * size : (i + 1) * size] for i in range(self.num_batches())]
+
+
+class IdentityOrder(EpochOrder):
+    """Identity-balanced global batches: `P = global batch / K` distinct identities, K items each.
+
+    `pids[i]` is the identity of item `i`. Each epoch, every identity's items are shuffled and cut
+    into groups of K (a short last group, or an identity with fewer than K items, is topped up with
+    other items of the same identity), and the groups are dealt into batches so that no identity
+    appears twice in a batch. Every item is used once per epoch except the fewer than P groups left
+    over (a different few each epoch). Each process's share is a whole number of groups: the
+    per-process batch must be a multiple of K.
     """
 
     def __init__(
         self,
-        sampler: Sampler[int] | None = None,
-        batch_size: int = 64,
-        drop_last: bool = True,
-        *,
         pids: Sequence[int],
+        batch_size: int,
         instances_per_identity: int = 4,
+        num_replicas: int = 1,
+        rank: int = 0,
         seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-    ):
+    ) -> None:
         if instances_per_identity < 1:
             raise ValueError(f"instances_per_identity must be >= 1, got {instances_per_identity}")
-        if batch_size < 1 or batch_size % instances_per_identity:
+        if batch_size % instances_per_identity:
             raise ValueError(
-                f"batch_size ({batch_size}) must be a positive multiple of instances_per_identity "
-                f"({instances_per_identity})"
+                f"the per-process batch ({batch_size}) must be a multiple of instances_per_identity "
+                f"({instances_per_identity}), so that every process gets whole identity groups"
             )
-        if sampler is None:
-            if num_replicas is None:
-                num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-            if rank is None:
-                rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            sampler = DistributedSampler(
-                range(len(pids)), num_replicas=num_replicas, rank=rank, shuffle=False
-            )
-        elif not all(hasattr(sampler, name) for name in ("num_replicas", "rank", "epoch")):
-            raise TypeError(
-                "IdentityBatchSampler takes its rank, world size and epoch from a DistributedSampler; "
-                f"got a {type(sampler).__name__}"
-            )
-        self.sampler = sampler
-        self.batch_size = batch_size
-        self.drop_last = drop_last
+        super().__init__(len(pids), batch_size, num_replicas, rank, seed)
         self.instances_per_identity = instances_per_identity
-        self.identities_per_batch = batch_size // instances_per_identity
-        self.seed = seed
-
+        self.identities_per_batch = self.global_batch_size // instances_per_identity
         pids = np.asarray(pids)
-        dataset = getattr(sampler, "dataset", None)
-        if dataset is not None and len(dataset) != len(pids):
-            raise ValueError(f"pids has {len(pids)} entries but the sampler's dataset has {len(dataset)}")
         order = np.argsort(pids, kind="stable")
         boundaries = np.flatnonzero(np.diff(pids[order])) + 1
         self._members = np.split(order, boundaries)
         if len(self._members) < self.identities_per_batch:
             raise ValueError(
-                f"an identity-balanced batch of {batch_size} with {instances_per_identity} samples per identity "
-                f"needs {self.identities_per_batch} identities; the dataset has {len(self._members)}"
+                f"an identity-balanced global batch of {self.global_batch_size} with {instances_per_identity} "
+                f"samples per identity needs {self.identities_per_batch} identities; the dataset has "
+                f"{len(self._members)}"
             )
         k = instances_per_identity
         groups = sum(max(1, -(-len(members) // k)) for members in self._members)
         self._batches_per_epoch = groups // self.identities_per_batch
-        if self._batches_per_epoch < self.num_replicas:
-            raise ValueError(
-                f"{self._batches_per_epoch} identity-balanced batches per epoch cannot be shared by "
-                f"{self.num_replicas} processes; lower batch_size"
-            )
 
-    @property
-    def num_replicas(self) -> int:
-        return int(self.sampler.num_replicas)
+    def num_batches(self) -> int:
+        return self._batches_per_epoch
 
-    @property
-    def rank(self) -> int:
-        return int(self.sampler.rank)
-
-    @property
-    def epoch(self) -> int:
-        return int(self.sampler.epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for `epoch` (Lightning calls this on `sampler` itself)."""
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self._batches_per_epoch // self.num_replicas
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self.plan(self.epoch)
-        per_rank = len(self)
-        yield from batches[self.rank : per_rank * self.num_replicas : self.num_replicas]
-
-    def plan(self, epoch: int) -> list[list[int]]:
-        """All batches of `epoch`, for all ranks (rank r gets items r, r + W, ...)."""
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
         k = self.instances_per_identity
         group_identity: list[int] = []
@@ -184,7 +202,7 @@ class IdentityBatchSampler(BatchSampler):
                 group_identity.append(identity)
 
         deck = deque(rng.permutation(len(groups)).tolist())
-        batches: list[list[int]] = []
+        batches: list[np.ndarray] = []
         p = self.identities_per_batch
         for _ in range(self._batches_per_epoch):
             taken: list[int] = []
@@ -204,5 +222,5 @@ class IdentityBatchSampler(BatchSampler):
                 for identity in rng.choice(others, p - len(taken), replace=False):
                     members = self._members[identity]
                     batch.append(rng.choice(members, k, replace=len(members) < k))
-            batches.append(np.concatenate(batch).tolist())
+            batches.append(np.concatenate(batch))
         return batches

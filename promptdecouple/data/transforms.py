@@ -89,8 +89,10 @@ class ImageTransform:
     The augmentations run only with `train=True`, each can be switched off: `flip` (horizontal,
     p=0.5), `pad_crop` (shift by up to `padding` px with black fill, as pad + random crop),
     `random_erasing` (a rectangle of `erasing_scale` of the area and aspect in `erasing_ratio`,
-    filled with the mean colour, with probability `erasing_probability`). Random draws use Python's
-    `random`, which `lightning.seed_everything` and each DataLoader worker seed.
+    filled with the mean colour, with probability `erasing_probability`). Random draws come from
+    the `rng` given to `pixels` / `write_pixels` (a `random.Random`; the training datasets give one
+    seeded from the data seed, the epoch and the item, so draws do not depend on which process or
+    worker loads the item), else from Python's global `random`.
     """
 
     def __init__(
@@ -152,13 +154,15 @@ class ImageTransform:
         """A normalised float32 tensor (3, H, W): `normalize_pixels(self.pixels(image))`."""
         return normalize_pixels(self.pixels(image), mean=self.mean, std=self.std)
 
-    def pixels(self, image: Image.Image | str | Path) -> torch.Tensor:
+    def pixels(self, image: Image.Image | str | Path, rng: random.Random | None = None) -> torch.Tensor:
         """The resized (and, when training, augmented) image as uint8 (3, H, W)."""
         pixels = np.empty((3, *self.image_size), dtype=np.uint8)
-        self.write_pixels(image, pixels)
+        self.write_pixels(image, pixels, rng)
         return torch.from_numpy(pixels)
 
-    def write_pixels(self, image: Image.Image | str | Path, out: np.ndarray) -> None:
+    def write_pixels(
+        self, image: Image.Image | str | Path, out: np.ndarray, rng: random.Random | None = None
+    ) -> None:
         """Write what `pixels` returns into `out`, a uint8 array (3, H, W) such as one row of a batch.
 
         Datasets fill whole batches this way (`batch.numpy()[i]`), without a stacking copy.
@@ -172,11 +176,12 @@ class ImageTransform:
             image = image.convert("RGB")
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BICUBIC)
-        flip = self.train and self.flip and random.random() < 0.5
+        rng = rng or random  # Python's global random state unless the caller draws from its own
+        flip = self.train and self.flip and rng.random() < 0.5
         dy = dx = 0
         if self.train and self.pad_crop and self.padding:
-            dy = random.randint(-self.padding, self.padding)
-            dx = random.randint(-self.padding, self.padding)
+            dy = rng.randint(-self.padding, self.padding)
+            dx = rng.randint(-self.padding, self.padding)
         # Each colour plane is copied once, straight into its shifted (and mirrored) place: pad + crop
         # is a shift with black fill, so only the uncovered border needs zeroing. All in numpy and with
         # few calls: in a loader, between JPEG decodes, each numpy or torch call costs microseconds.
@@ -196,8 +201,8 @@ class ImageTransform:
             out[:, :, :dx] = 0
         elif dx < 0:
             out[:, :, dx:] = 0
-        if self.train and self.random_erasing and random.random() < self.erasing_probability:
-            self._erase(out)
+        if self.train and self.random_erasing and rng.random() < self.erasing_probability:
+            self._erase(out, rng)
 
     def write_blank(self, out: np.ndarray) -> None:
         """Fill `out` (uint8, 3 x H x W) with the mean colour: a fully erased picture.
@@ -207,18 +212,18 @@ class ImageTransform:
         """
         out[...] = self._fill
 
-    def _erase(self, pixels: np.ndarray) -> None:
+    def _erase(self, pixels: np.ndarray, rng) -> None:
         """Fill one random rectangle with the mean colour, in place (up to 10 tries, as torchvision)."""
         _, height, width = pixels.shape
         area = height * width
         for _ in range(10):
-            target = area * random.uniform(*self.erasing_scale)
-            ratio = math.exp(random.uniform(*self.erasing_log_ratio))
+            target = area * rng.uniform(*self.erasing_scale)
+            ratio = math.exp(rng.uniform(*self.erasing_log_ratio))
             h = int(round(math.sqrt(target * ratio)))
             w = int(round(math.sqrt(target / ratio)))
             if 0 < h < height and 0 < w < width:
-                top = random.randint(0, height - h)
-                left = random.randint(0, width - w)
+                top = rng.randint(0, height - h)
+                left = rng.randint(0, width - w)
                 pixels[:, top : top + h, left : left + w] = self._fill
                 return
 

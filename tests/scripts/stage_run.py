@@ -27,6 +27,16 @@ class Recorder(Callback):
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.losses: dict[int, float] = {}
+        self.batches: dict[int, list[int]] = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: PromptDecoupleModule, *args) -> None:
+        """The logged (global-batch) loss of every optimizer step, by step."""
+        self.losses[trainer.global_step] = float(trainer.callback_metrics["train/loss"])
+        self.batches[trainer.global_step] = args[1]["index"].tolist()
+        if trainer.global_rank == 0:
+            (self.out / "losses.json").write_text(json.dumps(self.losses))
+            (self.out / "batches.json").write_text(json.dumps(self.batches))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: PromptDecoupleModule) -> None:
         if trainer.global_rank == 0 and trainer.current_epoch == 0:
@@ -61,9 +71,21 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument(
+        "--num-nodes", type=int, default=1, help="with NODE_RANK, MASTER_ADDR, MASTER_PORT set"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--switch", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="per process")
+    parser.add_argument("--global-batch-size", type=int, help="over all processes (instead of --batch-size)")
+    parser.add_argument(
+        "--scope", choices=("global", "local"), default="global", help="contrastive negatives"
+    )
+    parser.add_argument("--sampler", choices=("random", "identity"), default="random")
+    parser.add_argument("--augment", action="store_true", help="training augmentation on")
+    parser.add_argument("--workers", type=int, default=0, help="training loader workers")
+    parser.add_argument("--adam-eps", type=float, default=1e-8)
+    parser.add_argument("--every-n-steps", type=int, help="also checkpoint every n optimizer steps")
     parser.add_argument("--resume")
     parser.add_argument("--validate")
     parser.add_argument("--eval-batch-size", type=int, default=7)
@@ -79,9 +101,12 @@ def main() -> None:
         image_size=(64, 32),
         text_length=32,
         batch_size=args.batch_size,
+        global_batch_size=args.global_batch_size,
         eval_batch_size=args.eval_batch_size,
-        num_workers=0,
-        augment=False,
+        num_workers=args.workers,
+        augment=args.augment,
+        sampler=args.sampler,
+        instances_per_identity=2,
     )
     module = PromptDecoupleModule(
         args.clip,
@@ -94,17 +119,30 @@ def main() -> None:
         head_lr=1e-2,
         stage1_warmup_epochs=0,
         stage2_warmup_epochs=0,
-        adam_eps=1e-8,
+        adam_eps=args.adam_eps,
+        contrastive_scope=args.scope,
     )
+    step_checkpoints = []
+    if args.every_n_steps:
+        step_checkpoints.append(
+            ModelCheckpoint(
+                dirpath=args.out / "ckpt",
+                filename="{step}",
+                every_n_train_steps=args.every_n_steps,
+                save_top_k=-1,
+            )
+        )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
+        num_nodes=args.num_nodes,
+        strategy="ddp" if args.devices * args.num_nodes > 1 else "auto",
         max_epochs=args.epochs,
         callbacks=[
             StageSwitch(args.switch),
             Recorder(args.out),
             ModelCheckpoint(dirpath=args.out / "ckpt", filename="{epoch}", save_top_k=-1),
+            *step_checkpoints,
         ],
         logger=False,
         enable_progress_bar=False,
