@@ -37,7 +37,7 @@ def dataset(tmp_path_factory):
     return root
 
 
-def fit(tiny_clip_dir, dataset, folder, callbacks, checkpointing=True):
+def fit(tiny_clip_dir, dataset, folder, callbacks, checkpointing=True, ckpt_path=None):
     L.seed_everything(0)
     data = TIReIDDataModule(
         "rstpreid", dataset, str(tiny_clip_dir), image_size=SIZE, text_length=24, batch_size=4, num_workers=0
@@ -57,7 +57,8 @@ def fit(tiny_clip_dir, dataset, folder, callbacks, checkpointing=True):
         num_sanity_val_steps=0,
         callbacks=[StageSwitch(1), *checkpoints, *callbacks],
     )
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    trainer.final_parameters = {name: p.detach().clone() for name, p in model.named_parameters()}
     return trainer
 
 
@@ -76,6 +77,17 @@ def test_sigterm_mid_epoch_saves_where_the_run_stopped_and_exits_143(tiny_clip_d
     assert checkpoint["global_step"] == 7 and checkpoint["epoch"] == 1  # 4 batches per epoch: mid-epoch 1
     assert checkpoint["promptdecouple"]["stage"] == 2
     assert checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 3
+
+
+def test_the_preemption_checkpoint_resumes_as_if_nothing_happened(tiny_clip_dir, dataset, tmp_path):
+    """Augmentation on, SIGTERM after step 7 (mid-epoch 1, stage 2): the resumed run ends bit-identical."""
+    uninterrupted = fit(tiny_clip_dir, dataset, tmp_path / "whole", []).final_parameters
+    with pytest.warns(UserWarning, match="interrupted by SIGTERM"), pytest.raises(SIGTERMException):
+        fit(tiny_clip_dir, dataset, tmp_path / "cut", [SigtermAt(7), PreemptionCheckpoint()])
+    saved = tmp_path / "cut" / "ckpt" / "last-interrupted.ckpt"
+    resumed = fit(tiny_clip_dir, dataset, tmp_path / "cut", [], ckpt_path=saved).final_parameters
+    for name, value in uninterrupted.items():
+        assert torch.equal(resumed[name], value), name
 
 
 def test_without_checkpointing_it_says_nothing_was_saved(tiny_clip_dir, dataset, tmp_path):
