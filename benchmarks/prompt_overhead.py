@@ -15,22 +15,12 @@ import statistics
 import time
 
 import torch
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
 from promptdecouple.model.prompted_clip import PromptedCLIP
+from promptdecouple.model.random_clip import vit_b16_config
 
-VIT_B16 = CLIPConfig(
-    text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
-    vision_config=dict(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        image_size=224,
-        patch_size=16,
-    ),
-    projection_dim=512,
-)
+VIT_B16 = vit_b16_config()
 
 
 def step_time(step, device: torch.device) -> float:

@@ -41,10 +41,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 from promptdecouple.data import tokenize_captions  # noqa: E402
-from promptdecouple.model.random_clip import build_clip_tokenizer, write_random_clip  # noqa: E402
+from promptdecouple.model.random_clip import write_random_clip, write_vit_b16_clip  # noqa: E402
 from promptdecouple.module import PromptDecoupleModule  # noqa: E402
 
 TARGET = 0.7
@@ -76,40 +76,8 @@ PEOPLE = ["man", "woman", "lady", "girl", "boy", "guy", "person", "pedestrian"]
 
 
 def write_clip(directory: Path, vit_b16: bool) -> Path:
-    """A random CLIP saved like a hub checkpoint: mid-sized for CPU, or ViT-B/16-shaped.
-
-    The ViT-B/16 shape has CLIP's 49,408-token embedding table and the 77-position text table;
-    the tokenizer is the project's small CLIP-style one, whose ids all fall inside that table.
-    """
-    if not vit_b16:
-        return write_random_clip(directory, **CPU_CLIP)
-    tokenizer = build_clip_tokenizer()
-    config = CLIPConfig(
-        text_config=dict(
-            hidden_size=512,
-            intermediate_size=2048,
-            num_hidden_layers=12,
-            num_attention_heads=8,
-            vocab_size=49_408,
-            max_position_embeddings=TEXT_LENGTH,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        vision_config=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=16,
-        ),
-        projection_dim=512,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    """A random CLIP saved like a hub checkpoint: mid-sized for CPU, or ViT-B/16-shaped."""
+    return write_vit_b16_clip(directory) if vit_b16 else write_random_clip(directory, **CPU_CLIP)
 
 
 def random_caption(rng: random.Random) -> str:

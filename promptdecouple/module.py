@@ -470,10 +470,10 @@ class PromptDecoupleModule(L.LightningModule):
                 f"stage {self.stage} has nothing to train: both prompt lengths are 0 and stage1_losses has "
                 "no 'id'; train stage 2 only (StageSwitch(switch_epoch=0)) or give the prompts a length"
             )
-        if hp.optimizer == "adam":
-            optimizer = torch.optim.Adam(groups, eps=hp.adam_eps, betas=tuple(hp.adam_betas))
-        else:
-            optimizer = torch.optim.AdamW(groups, eps=hp.adam_eps, betas=tuple(hp.adam_betas))
+        # One fused kernel per step on CUDA (PyTorch's fused Adam); the default multi-tensor path elsewhere.
+        fused = all(p.is_cuda for group in groups for p in group["params"]) or None
+        optimizer_class = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
+        optimizer = optimizer_class(groups, eps=hp.adam_eps, betas=tuple(hp.adam_betas), fused=fused)
         if self._restored_schedule is not None:
             # Resuming: the checkpoint's schedule, checked against this run's plan in `on_train_start`.
             # Planning it here would need `trainer.estimated_stepping_batches`, which sets up the train

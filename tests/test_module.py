@@ -211,6 +211,26 @@ def test_a_caption_ranks_its_identity_first_after_training(trained):
     assert (result.scores[:, 0] >= result.scores[:, 1]).all()
 
 
+def test_a_module_in_bfloat16_encodes_and_searches_as_in_float32(trained):
+    path, data = trained
+    full = PromptDecoupleModule.load_from_checkpoint(path)
+    half = PromptDecoupleModule.load_from_checkpoint(path).to(torch.bfloat16)
+    images = data.split("train").drop_duplicates("image_path")
+    captions, paths = list(images["caption"]), list(images["image_path"])
+    for encode, inputs in (
+        (PromptDecoupleModule.encode_texts, captions),
+        (PromptDecoupleModule.encode_images, paths),
+    ):
+        reference, low = encode(full, inputs), encode(half, inputs)
+        assert low.dtype == torch.bfloat16 and torch.isfinite(low.float()).all()
+        agreement = torch.nn.functional.cosine_similarity(reference, low.float(), dim=1)
+        assert agreement.min() > 0.98, agreement.min()
+    reference, low = full.search(captions, paths, k=1), half.search(captions, paths, k=1)
+    assert low.scores.dtype == torch.float32  # scored in float32 whatever the features' dtype
+    assert (reference.indices == low.indices).float().mean() >= 0.9
+    torch.testing.assert_close(low.scores, reference.scores, atol=0.03, rtol=0)
+
+
 def test_inference_matches_the_evaluation_loaders(trained):
     path, data = trained
     module = PromptDecoupleModule.load_from_checkpoint(path)

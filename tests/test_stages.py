@@ -167,3 +167,37 @@ def test_sharded_strategies_are_refused(tiny_clip_dir):
     trainer = SimpleNamespace(strategy=FSDPStrategy())  # a real FSDP Trainer needs a GPU
     with pytest.raises(ValueError, match="supports single-device and DDP"):
         StageSwitch(1).setup(trainer, module, "fit")
+
+
+def test_bf16_mixed_trains_through_the_switch_as_float32_does(tiny_clip_dir, dataset, tmp_path):
+    """Lightning's bf16-mixed on CPU: the same parameters move, by about as much, to about the same metrics."""
+    common = ("--epochs", 3, "--switch", 1, "--global-batch-size", 8, "--augment", "--adam-eps", 1e-3)
+    fp32 = run(tiny_clip_dir, dataset, tmp_path / "fp32", *common)
+    bf16 = run(tiny_clip_dir, dataset, tmp_path / "bf16", *common, "--precision", "bf16-mixed")
+    losses = [json.loads((out / "losses.json").read_text()) for out in (fp32, bf16)]
+    assert losses[0].keys() == losses[1].keys() and len(losses[0]) == 36
+    gaps = [abs(losses[1][step] - value) / value for step, value in losses[0].items()]
+    assert all(torch.isfinite(torch.tensor(list(losses[1].values()))))
+    assert max(gaps[:12]) < 0.01  # stage 1, on the same batches: rounding only
+    assert max(gaps) < 0.15 and sum(gaps) / len(gaps) < 0.02  # then the trajectories drift apart a little
+    init = params(fp32, "init")
+    assert torch.equal(
+        torch.cat([p.flatten() for p in init.values()]),
+        torch.cat([p.flatten() for p in params(bf16, "init").values()]),
+    )
+    for first, last, moved in ((None, 0, PROMPTS), (0, 2, set(init) - PROMPTS - FROZEN_ALWAYS)):
+        for out in (fp32, bf16):
+            before = init if first is None else params(out, f"epoch{first}")
+            assert changed(before, params(out, f"epoch{last}")) == moved
+    for name in (
+        "clip.text_prompts.tokens",
+        "clip.vision_prompts.tokens",
+        "clip.clip.visual_projection.weight",
+    ):
+        update = [params(out, "epoch2")[name] - init[name] for out in (fp32, bf16)]
+        assert update[1].norm() == pytest.approx(float(update[0].norm()), rel=0.1), name
+        assert torch.nn.functional.cosine_similarity(update[0].flatten(), update[1].flatten(), dim=0) > 0.9, (
+            name
+        )
+    metrics = [record(out, 2)["metrics"] for out in (fp32, bf16)]
+    assert metrics[1]["val/mAP"] == pytest.approx(metrics[0]["val/mAP"], abs=5)

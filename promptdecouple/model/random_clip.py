@@ -138,3 +138,53 @@ def write_random_clip(
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def vit_b16_config(
+    bos_token_id: int = 49_406,
+    eos_token_id: int = 49_407,
+    pad_token_id: int = 49_407,
+    max_text_length: int = 77,
+) -> CLIPConfig:
+    """The shape of `openai/clip-vit-base-patch16`: text 12 x 512 (8 heads, 49,408 tokens), vision 12 x 768
+    (12 heads, patch 16, side 224), projection 512. For benchmarks at the real model's size, offline."""
+    return CLIPConfig(
+        text_config=dict(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            vocab_size=49_408,
+            max_position_embeddings=max_text_length,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=16,
+        ),
+        projection_dim=512,
+    )
+
+
+def write_vit_b16_clip(directory: str | Path, seed: int = 0) -> Path:
+    """A random ViT-B/16-shaped `CLIPModel` (`vit_b16_config`) and the project's tokenizer, in `directory`.
+
+    The tokenizer's ids all fall inside the 49,408-token table; its start and end tokens are the
+    config's, so pooling finds the end token as with the real model.
+    """
+    directory = Path(directory)
+    tokenizer = build_clip_tokenizer()
+    config = vit_b16_config(tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--augment", action="store_true", help="training augmentation on")
     parser.add_argument("--workers", type=int, default=0, help="training loader workers")
     parser.add_argument("--adam-eps", type=float, default=1e-8)
+    parser.add_argument("--precision", default="32-true", help="Trainer precision, e.g. bf16-mixed")
     parser.add_argument("--every-n-steps", type=int, help="also checkpoint every n optimizer steps")
     parser.add_argument("--resume")
     parser.add_argument("--validate")
@@ -136,6 +137,7 @@ def main() -> None:
         accelerator="cpu",
         devices=args.devices,
         num_nodes=args.num_nodes,
+        precision=args.precision,
         strategy="ddp" if args.devices * args.num_nodes > 1 else "auto",
         max_epochs=args.epochs,
         callbacks=[
