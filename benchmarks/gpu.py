@@ -173,11 +173,14 @@ def floor_step(model, batches, setting: Setting, hf: bool) -> Callable[[int], No
     return step
 
 
+def device_batches(clip_dir: Path, count: int, batch: int, setting: Setting) -> list[dict[str, torch.Tensor]]:
+    """`count` training batches of `batch` pairs, as the loaders give them, on the device."""
+    made = make_batches(clip_dir, count, batch, setting.image_size, NUM_CLASSES)
+    return [to_device(b, setting.device) for b in made]
+
+
 def measure_training(clip_dir: Path, setting: Setting, batch: int) -> dict:
-    batches = [
-        to_device(b, setting.device)
-        for b in make_batches(clip_dir, 2, batch, setting.image_size, NUM_CLASSES)
-    ]
+    batches = device_batches(clip_dir, 2, batch, setting)
     result = {}
     for name in ("stage1", "stage2", "hf_clip", "prompted", "prompted_no_prompts"):
         reset_memory(setting)
@@ -214,10 +217,7 @@ def largest_batch(clip_dir: Path, setting: Setting) -> int:
         batch *= 2
         reset_memory(setting)
         try:
-            batches = [
-                to_device(b, setting.device)
-                for b in make_batches(clip_dir, 1, batch, setting.image_size, NUM_CLASSES)
-            ]
+            batches = device_batches(clip_dir, 1, batch, setting)
             module, optimizer = stage_module(clip_dir, 2, setting)
             module_step(module, optimizer, batches, setting)(0)
             setting.sync()
@@ -231,10 +231,7 @@ def largest_batch(clip_dir: Path, setting: Setting) -> int:
 
 
 def measure_sdpa(clip_dir: Path, setting: Setting) -> dict:
-    batches = [
-        to_device(b, setting.device)
-        for b in make_batches(clip_dir, 2, setting.batch, setting.image_size, NUM_CLASSES)
-    ]
+    batches = device_batches(clip_dir, 2, setting.batch, setting)
     module, optimizer = stage_module(clip_dir, 2, setting)
     result = {}
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
@@ -253,10 +250,7 @@ def measure_sdpa(clip_dir: Path, setting: Setting) -> dict:
 
 
 def measure_compile(clip_dir: Path, setting: Setting) -> dict:
-    batches = [
-        to_device(b, setting.device)
-        for b in make_batches(clip_dir, 2, setting.batch, setting.image_size, NUM_CLASSES)
-    ]
+    batches = device_batches(clip_dir, 2, setting.batch, setting)
     module, optimizer = stage_module(clip_dir, 2, setting)
     batch = batches[0]
     explanation = torch._dynamo.explain(module.clip.encode_text)(batch["input_ids"], batch["attention_mask"])

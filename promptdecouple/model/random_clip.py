@@ -131,13 +131,7 @@ def write_random_clip(
         vision_config=dict(tower, image_size=image_size, patch_size=patch_size),
         projection_dim=projection_dim or hidden_size,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = CLIPModel(config)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return _save_random_clip(directory, config, tokenizer, seed)
 
 
 def vit_b16_config(
@@ -181,6 +175,11 @@ def write_vit_b16_clip(directory: str | Path, seed: int = 0) -> Path:
     directory = Path(directory)
     tokenizer = build_clip_tokenizer()
     config = vit_b16_config(tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return _save_random_clip(directory, config, tokenizer, seed)
+
+
+def _save_random_clip(directory: Path, config: CLIPConfig, tokenizer: CLIPTokenizer, seed: int) -> Path:
+    """A `CLIPModel(config)` initialised from `seed` (the global RNG left as it was), saved with `tokenizer`."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = CLIPModel(config)
