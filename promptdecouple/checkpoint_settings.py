@@ -68,6 +68,7 @@ DATA_SETTINGS: dict[str, str] = {
     "eval_batch_size": RUNTIME,
     "num_workers": RUNTIME,
     "eval_split": TRAINING,
+    "predict_split": RUNTIME,
     "holdout_identities": TRAINING,
     "holdout_seed": TRAINING,
     "augment": TRAINING,

@@ -23,9 +23,15 @@ class DemoAssets:
         clip_dir: directory of the random CLIP and its tokenizer.
         data_root: dataset folder, written in the layout of `dataset`.
         dataset: "cuhk-pedes", "icfg-pedes" or "rstpreid" (the layout of the synthetic twin).
-        num_identities, images_per_identity, image_size, seed: the synthetic dataset.
-        clip_width, clip_layers, clip_heads, clip_image_size: the random CLIP (square pretraining
-            size, like a real CLIP; PromptedCLIP resizes its position table to the image size).
+        num_identities: persons in the synthetic dataset.
+        images_per_identity: photos per person.
+        image_size: (height, width) of the photos.
+        seed: seed of the synthetic dataset and of the random CLIP's weights.
+        clip_width: width of both towers of the random CLIP.
+        clip_layers: layers per tower of the random CLIP.
+        clip_heads: attention heads per layer of the random CLIP.
+        clip_image_size: side of the random CLIP's square input (like a real CLIP's pretraining size;
+            PromptedCLIP resizes its position table to the image size).
     """
 
     clip_dir: str = "artifacts/demo/clip"

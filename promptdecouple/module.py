@@ -82,9 +82,12 @@ class PromptDecoupleModule(L.LightningModule):
         num_classes: training identities, for the identity head; needed when a stage uses "id".
         image_size: (height, width) of the input images.
         text_length: tokens per caption for `encode_texts` (the data module's, when linked by the CLI).
-        text_prompt_length, vision_prompt_length: prompt tokens per layer (0: none in that tower).
-        text_prompt_depth, vision_prompt_depth: prompted layers per tower (None: every layer).
-        stage1_losses, stage2_losses: loss names per stage, from "sdm", "itc" and "id".
+        text_prompt_length: prompt tokens per layer of the text tower (0: no text prompts).
+        vision_prompt_length: prompt tokens per layer of the vision tower (0: no vision prompts).
+        text_prompt_depth: prompted layers of the text tower, from the first (None: every layer).
+        vision_prompt_depth: prompted layers of the vision tower, from the first (None: every layer).
+        stage1_losses: losses of stage 1, from "sdm", "itc" and "id".
+        stage2_losses: losses of stage 2, from "sdm", "itc" and "id".
         temperature: softmax temperature of the contrastive losses (0.02: logit scale 50).
         contrastive_scope: ``"global"``: under DDP, SDM and ITC compare each pair with the whole
             global batch (features gathered from every process, gradients flowing back to their
@@ -98,8 +101,10 @@ class PromptDecoupleModule(L.LightningModule):
         bias_lr_factor: biases and norm parameters take `encoder_lr * bias_lr_factor`, no decay.
         weight_decay: decay of the weight matrices (coupled L2 for Adam, decoupled for AdamW).
         optimizer: "adam" (IRRA's recipe) or "adamw".
-        adam_eps, adam_betas: Adam's epsilon and betas.
-        stage1_warmup_epochs, stage2_warmup_epochs: linear warm-up length per stage, in epochs.
+        adam_eps: Adam's epsilon (IRRA: 1e-3).
+        adam_betas: Adam's betas.
+        stage1_warmup_epochs: linear warm-up of stage 1's learning rate, in epochs.
+        stage2_warmup_epochs: linear warm-up of stage 2's learning rate, in epochs.
         warmup_start_factor: learning-rate factor at the first warm-up step.
         min_lr_factor: factor the cosine decay ends at, at the end of each stage.
         gradient_checkpointing: recompute CLIP's activations in backward to save memory.

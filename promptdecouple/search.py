@@ -34,12 +34,13 @@ from rich.progress import (
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from promptdecouple.data.annotations import DATASETS
+from promptdecouple.data.annotations import DATASETS, dataset_layout
 from promptdecouple.data.datamodule import EVAL_SPLITS, TIReIDDataModule
 from promptdecouple.data.datasets import GalleryImages
 from promptdecouple.data.images import load_for_display
 from promptdecouple.data.transforms import ImageTransform
 from promptdecouple.module import PromptDecoupleModule
+from promptdecouple.predict_writer import checkpoint_identity, read_features
 from promptdecouple.visualization import draw_retrieval
 
 CACHE_FORMAT = 1
@@ -212,6 +213,11 @@ def search_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-cache", action="store_true", help="encode the gallery again and keep no cache")
     parser.add_argument(
+        "--features",
+        metavar="FILE",
+        help="gallery features from a file `promptdecouple predict` wrote with the same checkpoint and split",
+    )
+    parser.add_argument(
         "--bad-entries",
         choices=("error", "skip"),
         default="error",
@@ -220,12 +226,8 @@ def search_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def search_command(argv: Sequence[str]) -> int:
-    """Run `promptdecouple search`; returns the exit status (1: bad input, 2: usage error)."""
-    try:
-        args = search_parser().parse_args(list(argv))
-    except SystemExit as exit_:  # --help or a usage error: argparse has printed the message
-        return int(exit_.code or 0)
+def run_search(args: argparse.Namespace) -> int:
+    """Run a parsed `promptdecouple search`; returns the exit status (1: bad input)."""
     console = Console(width=None if sys.stdout.isatty() else 120)
     try:
         _search(args, console)
@@ -277,18 +279,21 @@ def _search(args: argparse.Namespace, console: Console) -> None:
 
     module = _load_module(checkpoint, device)
     image_paths = gallery["image_path"].tolist()
-    features = gallery_features(
-        module,
-        checkpoint,
-        args.dataset,
-        args.root,
-        args.split,
-        image_paths,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        cache=not args.no_cache,
-        console=Console(stderr=True),
-    )
+    if args.features:
+        features = _stored_gallery(args, checkpoint, image_paths)
+    else:
+        features = gallery_features(
+            module,
+            checkpoint,
+            args.dataset,
+            args.root,
+            args.split,
+            image_paths,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            cache=not args.no_cache,
+            console=Console(stderr=True),
+        )
     query_features = module.encode_texts([text]).float().cpu()
     scores = (query_features @ features.T)[0]
     top = module.search(query_features, features, k=args.k)
@@ -324,6 +329,28 @@ def _search(args: argparse.Namespace, console: Console) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)
     console.print(f"wrote {out} ({picture.width}x{picture.height})", highlight=False, soft_wrap=True)
+
+
+def _stored_gallery(args: argparse.Namespace, checkpoint: Path, image_paths: list[str]) -> torch.Tensor:
+    """The gallery features of a `predict` file, refused unless they are of this checkpoint and split."""
+    try:
+        stored = read_features(args.features)
+    except (FileNotFoundError, ValueError) as error:
+        raise SearchError(str(error)) from None
+    found = (stored.get("dataset"), stored.get("split"))
+    if found != (dataset_layout(args.dataset).name, args.split):
+        raise SearchError(
+            f"{args.features} holds the {found[0]} {found[1]} split, not {args.dataset} {args.split}"
+        )
+    if stored.get("checkpoint") != checkpoint_identity(checkpoint):
+        raise SearchError(
+            f"{args.features} was written with another checkpoint ({(stored.get('checkpoint') or {}).get('path')}), "
+            f"not {checkpoint.resolve()} as it is now; run `promptdecouple predict` with this one"
+        )
+    gallery = stored["gallery"]
+    if gallery.get("image_paths") != image_paths:
+        raise SearchError(f"the gallery of {args.features} is not the {args.split} split's at {args.root}")
+    return gallery["features"]
 
 
 def _device(name: str | None) -> torch.device:

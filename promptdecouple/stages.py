@@ -33,6 +33,10 @@ class StageSwitch(Callback):
     parameters that required gradients when it wrapped the model) and the optimizer and schedule
     are rebuilt for stage 2. The stage travels in checkpoints (see `PromptDecoupleModule`), so a
     resumed run continues in the stage it stopped in.
+
+    Args:
+        switch_epoch: the first epoch of stage 2; epochs before it are stage 1 (0: stage 2 only,
+            the one-stage fine-tuning baseline).
     """
 
     def __init__(self, switch_epoch: int = 10) -> None:

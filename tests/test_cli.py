@@ -15,9 +15,10 @@ import wandb
 import yaml
 from PIL import Image
 
-from promptdecouple.cli import main
+from promptdecouple.cli import PromptDecoupleCLI, main
 from promptdecouple.data import TIReIDDataModule
 from promptdecouple.demo import DemoAssets
+from promptdecouple.module import PromptDecoupleModule
 
 SYNTH = [
     "data",
@@ -561,3 +562,141 @@ def test_fit_trains_over_a_truncated_image_and_refuses_an_empty_one_unless_told(
     assert "are truncated" in warned and str(truncated.resolve()) in warned
     out = capsys.readouterr().out
     assert "1 entries were left out" in out and "1 truncated image(s) were used" in out
+
+
+def lightning_parser(subcommand: str = "fit"):
+    """The parser of a LightningCLI subcommand, as `promptdecouple` builds it."""
+    import argparse
+
+    class Captured(Exception):
+        pass
+
+    class Probe(PromptDecoupleCLI):
+        def parse_arguments(self, parser, args):
+            raise Captured(parser)
+
+    with pytest.raises(Captured) as caught:
+        Probe(args=[subcommand])
+    parser = caught.value.args[0]
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subcommands.choices[subcommand]
+
+
+SECTIONS = ("model", "data", "stage_switch", "retrieval_panel", "preemption")
+
+
+def test_every_argument_of_fit_has_its_own_help():
+    from jsonargparse import ArgumentParser
+
+    parser = lightning_parser("fit")
+    options = {
+        action.dest: action.help
+        for action in parser._actions
+        if action.dest.split(".")[0] in SECTIONS and "." in action.dest and not action.dest.endswith(".help")
+    }
+    assert len(options) > 50 and "model.text_prompt_length" in options and "data.flip" in options
+    missing = sorted(dest for dest, text in options.items() if not text or not text.strip())
+    assert missing == [], f"arguments without help: {missing}"
+    assert options["model.text_prompt_length"] != options["model.vision_prompt_length"]
+    demo = ArgumentParser()
+    demo.add_class_arguments(DemoAssets, "demo")
+    fields = {
+        a.dest: a.help for a in demo._actions if a.dest.startswith("demo.") and not a.dest.endswith(".help")
+    }
+    assert len(fields) == 11 and all(text and text.strip() for text in fields.values()), fields
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_predict_writes_the_features_of_a_split_as_the_module_encodes_them(trained, tmp_path, devices):
+    root, config = trained
+    ckpt = root / "ckpt" / "epoch=1.ckpt"
+    out = tmp_path / "features.pt"
+    args = ["predict", "--config", str(config), "--ckpt_path", str(ckpt), "--predict_writer.output", str(out)]
+    if devices == 1:
+        assert main(args) == 0
+    else:  # 2 DDP processes, each predicting its share; one file
+        extra = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+        result = subprocess.run(
+            [sys.executable, "-m", "promptdecouple", *args, *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    stored = torch.load(out, weights_only=True)
+    data = TIReIDDataModule("rstpreid", root / "data", tokenizer=str(root / "clip"))
+    queries, gallery = data.eval_set("test")
+    assert (stored["dataset"], stored["split"]) == ("rstpreid", "test")
+    assert stored["checkpoint"]["path"] == str(ckpt.resolve())
+    assert stored["queries"]["captions"] == queries["caption"].tolist()
+    assert stored["gallery"]["image_paths"] == gallery["image_path"].tolist()
+    assert stored["queries"]["pids"].tolist() == queries["pid"].tolist()
+    module = PromptDecoupleModule.load_from_checkpoint(ckpt)
+    torch.testing.assert_close(
+        stored["queries"]["features"], module.encode_texts(queries["caption"].tolist())
+    )
+    torch.testing.assert_close(
+        stored["gallery"]["features"], module.encode_images(gallery["image_path"].tolist())
+    )
+    if devices == 1:  # never over a file, unless asked
+        assert main(args) == 2
+        assert main([*args, "--predict_writer.overwrite", "true"]) == 0
+
+
+def test_a_normal_fit_emits_no_warning_of_its_own(tmp_path):
+    import warnings
+
+    import promptdecouple
+
+    config = {
+        "seed_everything": 0,
+        "demo": tiny_demo(tmp_path / "clip", tmp_path / "data"),
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 2,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "num_sanity_val_steps": 0,
+            "logger": False,
+            "default_root_dir": str(tmp_path / "runs"),
+        },
+        "stage_switch": {"switch_epoch": 1},
+        "model": {"clip": str(tmp_path / "clip"), "text_prompt_length": 2, "vision_prompt_length": 2},
+        "data": {
+            "dataset": "rstpreid",
+            "root": str(tmp_path / "data"),
+            "image_size": [64, 32],
+            "text_length": 32,
+            "global_batch_size": 8,
+            "num_workers": 0,
+        },
+    }
+    path = write_config(tmp_path / "config.yaml", config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["fit", "--config", str(path)]) == 0
+    package = str(Path(promptdecouple.__file__).parent)
+    ours = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if w.filename.startswith(package)]
+    assert ours == []
+    spurious = ("args parameter is intended", "set_vital")  # raised inside Lightning and torch by our calls
+    assert not [str(w.message) for w in caught if any(text in str(w.message) for text in spurious)]
+
+
+def test_the_top_level_help_lists_every_command_and_each_has_its_own_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "data synth", "data check", "search"):
+        assert f"  {command} " in out, command
+    for command in (["data", "synth"], ["data", "check"], ["search"]):
+        assert main([*command, "--help"]) == 0
+        assert "usage: promptdecouple " + " ".join(command) in capsys.readouterr().out
+    for command in ("validate", "test", "predict"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0 and "--ckpt_path" in capsys.readouterr().out
+    assert main(["evaluate"]) == 2
+    assert "unknown command 'evaluate'" in capsys.readouterr().err
+    result = subprocess.run(
+        [sys.executable, "-m", "promptdecouple", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "data check" in result.stdout

@@ -11,7 +11,10 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
 def test_the_smoke_mode_runs_every_section_and_writes_the_report(tmp_path):
     out = tmp_path / "smoke.json"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True, text=True, timeout=300
+        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -21,7 +24,7 @@ def test_the_smoke_mode_runs_every_section_and_writes_the_report(tmp_path):
     standard = report["train"]["batch_8"]
     for name in ("stage1", "stage2", "hf_clip", "prompted", "prompted_no_prompts"):
         assert standard[name]["pairs_per_s"] > 0, name
-    assert 0 < standard["stage1_over_stage2"] and 0 < standard["prompted_over_hf"]
+    assert standard["stage1_over_stage2"] > 0 and standard["prompted_over_hf"] > 0
     assert report["largest_batch"]["batch"] == 16 and "batch_16" in report["train"]
     assert "pairs_per_s" in report["sdpa"]["math"]  # CPU has no memory-efficient kernel: recorded as an error
     assert report["compile"]["graph_breaks_text"] == 0 and report["compile"]["graph_breaks_image"] == 0

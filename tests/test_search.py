@@ -207,3 +207,49 @@ def test_usage_errors_exit_with_two(trained, tmp_path, capsys):
     assert main(command(trained, "--out", out)) == 2
     assert main(["search", "--help"]) == 0
     assert "--query-index" in capsys.readouterr().out
+
+
+def test_the_gallery_can_come_from_a_predict_file_of_the_same_checkpoint(
+    trained, tmp_path, capsys, monkeypatch
+):
+    from promptdecouple.predict_writer import checkpoint_identity
+
+    queries, gallery = trained["data"].eval_set("test")
+    module = PromptDecoupleModule.load_from_checkpoint(trained["checkpoint"])
+    features = module.encode_images(gallery["image_path"].tolist())
+    stored = {
+        "format": 1,
+        "dataset": "rstpreid",
+        "split": "test",
+        "checkpoint": checkpoint_identity(trained["checkpoint"]),
+        "gallery": {"features": features, "pids": torch.tensor(gallery["pid"].to_numpy()),
+                    "image_paths": gallery["image_path"].tolist()},
+    }  # fmt: skip
+    path = tmp_path / "features.pt"
+    torch.save(stored, path)
+    monkeypatch.setattr(
+        search_module, "encode_gallery", lambda *a, **k: pytest.fail("the gallery was encoded")
+    )
+    args = command(
+        trained,
+        "--query-index",
+        2,
+        "--k",
+        K,
+        "--out",
+        tmp_path / "grid.png",
+        "--no-cache",
+        "--features",
+        path,
+    )
+    assert main(args) == 0
+    assert (tmp_path / "grid.png").is_file()
+    stored["split"] = "val"
+    torch.save(stored, path)
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "holds the rstpreid val split, not rstpreid test" in capsys.readouterr().out
+    stored["split"], stored["checkpoint"] = "test", {"path": "/elsewhere.ckpt", "size": 1, "mtime_ns": 1}
+    torch.save(stored, path)
+    assert main(args) == 1
+    assert "written with another checkpoint (/elsewhere.ckpt)" in capsys.readouterr().out

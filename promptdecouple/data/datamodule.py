@@ -46,6 +46,13 @@ EVAL_SPLITS = ("val", "test")
 MISSING_SHOWN = 5
 
 
+def check_eval_split(split: str, name: str = "split") -> str:
+    """`split` if it is an evaluation split (``"val"`` or ``"test"``); a clear error otherwise."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"{name} must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    return split
+
+
 class ImageFilesError(OSError):
     """Images listed by the annotations are missing or cannot be decoded (the message lists them)."""
 
@@ -69,10 +76,15 @@ class TIReIDDataModule(L.LightningDataModule):
         eval_split: the split `val_dataloader` evaluates: ``"val"`` or ``"test"``. ICFG-PEDES has no
             val split: choose ``"test"`` (as IRRA does; model selection then sees the test set) or
             hold out training identities with `holdout_identities`.
+        predict_split: the split `predict_dataloader` serves (``[queries, gallery]``, as validation):
+            ``"val"`` or ``"test"``.
         holdout_identities: if > 0, this many training identities (drawn with `holdout_seed`) leave
             the training set and form the ``"val"`` split. Only for datasets without a val split.
         holdout_seed: seed of the held-out identities (fixed, so every run validates on the same).
-        augment: training augmentation on/off; `flip`, `pad_crop`, `random_erasing` pick which.
+        augment: training augmentation on or off (the three below pick which, when on).
+        flip: horizontal flip with probability 0.5.
+        pad_crop: shift by up to 10 px with black fill (IRRA's pad 10 + random crop).
+        random_erasing: erase a random rectangle (2-40% of the area) with the mean colour, p=0.5.
         sampler: ``"random"`` (shuffled pairs) or ``"identity"`` (identity-balanced global batches
             of P identities x K = `instances_per_identity` items).
         instances_per_identity: K of the identity sampler; the per-process batch must be a multiple.
@@ -122,6 +134,7 @@ class TIReIDDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 4,
         eval_split: Literal["val", "test"] = "val",
+        predict_split: Literal["val", "test"] = "test",
         holdout_identities: int = 0,
         holdout_seed: int = 0,
         augment: bool = True,
@@ -137,8 +150,8 @@ class TIReIDDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.layout = dataset_layout(dataset)
-        if eval_split not in EVAL_SPLITS:
-            raise ValueError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {eval_split!r}")
+        for name, value in (("eval_split", eval_split), ("predict_split", predict_split)):
+            check_eval_split(value, name)
         if holdout_identities < 0:
             raise ValueError(f"holdout_identities must be >= 0, got {holdout_identities}")
         if "val" not in self.layout.splits and eval_split == "val" and not holdout_identities:
@@ -183,6 +196,7 @@ class TIReIDDataModule(L.LightningDataModule):
         self._eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.eval_split = eval_split
+        self.predict_split = predict_split
         self.holdout_identities = holdout_identities
         self.holdout_seed = holdout_seed
         self.sampler = sampler
@@ -266,8 +280,7 @@ class TIReIDDataModule(L.LightningDataModule):
         Queries: one row per caption (`pid, image_id, image_path, caption`); gallery: one row per
         image (`pid, image_id, image_path`), in order of first appearance.
         """
-        if split not in EVAL_SPLITS:
-            raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+        check_eval_split(split)
         rows = self.split(split)
         queries = rows[["pid", "image_id", "image_path", "caption"]].reset_index(drop=True)
         gallery = rows.drop_duplicates("image_id")[["pid", "image_id", "image_path"]].reset_index(drop=True)
@@ -289,7 +302,7 @@ class TIReIDDataModule(L.LightningDataModule):
             "fit": ["train", self.eval_split],
             "validate": [self.eval_split],
             "test": ["test"],
-            "predict": [],
+            "predict": [self.predict_split],
             None: ["train", self.eval_split, "test"],
         }[stage]
         self._build(splits)
@@ -333,8 +346,7 @@ class TIReIDDataModule(L.LightningDataModule):
 
     def eval_datasets(self, split: str) -> tuple[QueryCaptions, GalleryImages]:
         """(queries, gallery) datasets of `split`, in the order of `eval_set(split)`."""
-        if split not in EVAL_SPLITS:
-            raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+        check_eval_split(split)
         self._build([split])
         return self._datasets[split]
 
@@ -435,6 +447,10 @@ class TIReIDDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         """``[queries, gallery]`` of the test split, in order."""
         return self._eval_loaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        """``[queries, gallery]`` of `predict_split`, in order (what `promptdecouple predict` encodes)."""
+        return self._eval_loaders(self.predict_split)
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         return [
