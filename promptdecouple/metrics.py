@@ -37,7 +37,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-__all__ = ["RetrievalMetrics", "ScoredItems", "chance_metrics", "retrieval_metrics"]
+__all__ = ["RetrievalMetrics", "ScoredItems", "chance_metrics", "match_ranks", "retrieval_metrics"]
 
 UnmatchedPolicy = Literal["warn", "error", "ignore"]
 _UNMATCHED_POLICIES = ("warn", "error", "ignore")
@@ -575,6 +575,19 @@ def _check_policy(policy: str) -> str:
     if policy not in _UNMATCHED_POLICIES:
         raise ValueError(f"unmatched_queries must be one of {_UNMATCHED_POLICIES}, got {policy!r}")
     return policy
+
+
+def match_ranks(scores: Tensor, gallery_pids: Tensor, pid: int) -> tuple[Tensor, Tensor]:
+    """The gallery positions of identity `pid` and their ranks for one query's `scores`, best first.
+
+    Ranks are 1-based and pessimistic, as in `retrieval_metrics`: every other item scoring at least as
+    high comes first. For pictures and tables of single queries (search, the W&B panel).
+    """
+    gallery_pids = torch.as_tensor(gallery_pids, device=scores.device)
+    positions = (gallery_pids == pid).nonzero().squeeze(1)
+    ranks = (scores[None, :] >= scores[positions][:, None]).sum(1)
+    order = ranks.argsort(stable=True)
+    return positions[order].cpu(), ranks[order].cpu()
 
 
 def chance_metrics(

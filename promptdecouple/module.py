@@ -256,7 +256,7 @@ class PromptDecoupleModule(L.LightningModule):
         texts = _as_list(texts, str, "texts")
         tokenizer = self.tokenizer
         features = []
-        with _evaluating(self):
+        with evaluation_mode(self):
             for start in range(0, len(texts), batch_size):
                 tokens = tokenizer(
                     texts[start : start + batch_size],
@@ -276,7 +276,7 @@ class PromptDecoupleModule(L.LightningModule):
         images = _as_list(images, (str, Path, Image.Image), "images")
         transform = ImageTransform(self.clip.image_size)
         features = []
-        with _evaluating(self):
+        with evaluation_mode(self):
             for start in range(0, len(images), batch_size):
                 pixels = torch.stack([transform(image) for image in images[start : start + batch_size]])
                 features.append(self(pixel_values=pixels.to(self.device))["image"])
@@ -569,7 +569,7 @@ class WarmupCosine:
 
 
 @contextlib.contextmanager
-def _evaluating(module: nn.Module) -> Iterator[None]:
+def evaluation_mode(module: nn.Module) -> Iterator[None]:
     """Eval mode for the duration, then back to the mode the module was in."""
     was_training = module.training
     module.eval()

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from promptdecouple.data.images import load_for_display
+from promptdecouple.metrics import match_ranks
 from promptdecouple.visualization import draw_retrieval
 
 
@@ -93,11 +94,8 @@ class RetrievalPanel(Callback):
             scores = similarities[row]
             top_scores, top = scores.topk(k)
             pid = int(query_pids[index])
-            true = (gallery_pids == pid).nonzero().squeeze(1)
-            # pessimistic rank, as in the metrics: every image scoring at least as high comes first
-            true_ranks = (scores[None, :] >= scores[true][:, None]).sum(1)
-            order = true_ranks.argsort(stable=True)[: self.k]
-            true, true_ranks = true[order], true_ranks[order]
+            true, true_ranks = match_ranks(scores, gallery_pids, pid)
+            true, true_ranks = true[: self.k], true_ranks[: self.k]
             pictures.append(
                 draw_retrieval(
                     captions[index],

@@ -39,7 +39,8 @@ from promptdecouple.data.datamodule import EVAL_SPLITS, TIReIDDataModule
 from promptdecouple.data.datasets import GalleryImages
 from promptdecouple.data.images import load_for_display
 from promptdecouple.data.transforms import ImageTransform
-from promptdecouple.module import PromptDecoupleModule
+from promptdecouple.metrics import match_ranks
+from promptdecouple.module import PromptDecoupleModule, evaluation_mode
 from promptdecouple.predict_writer import checkpoint_identity, read_features
 from promptdecouple.visualization import draw_retrieval
 
@@ -131,18 +132,16 @@ def encode_gallery(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    was_training = module.training
-    module.eval()
     features = []
-    try:
-        with Progress(*columns, console=console, transient=True, disable=progress is False) as bar:
-            task = bar.add_task("encoding the gallery", total=len(dataset))
-            for batch in loader:
-                pixels = batch["pixel_values"].to(module.device, non_blocking=True)
-                features.append(module(pixel_values=pixels)["image"].float().cpu())
-                bar.advance(task, len(pixels))
-    finally:
-        module.train(was_training)
+    with (
+        evaluation_mode(module),
+        Progress(*columns, console=console, transient=True, disable=progress is False) as bar,
+    ):
+        task = bar.add_task("encoding the gallery", total=len(dataset))
+        for batch in loader:
+            pixels = batch["pixel_values"].to(module.device, non_blocking=True)
+            features.append(module(pixel_values=pixels)["image"].float().cpu())
+            bar.advance(task, len(pixels))
     return torch.cat(features) if features else torch.empty(0, module.clip.embed_dim)
 
 
@@ -305,11 +304,8 @@ def _search(args: argparse.Namespace, console: Console) -> None:
     if query_row is not None:
         pid = int(query_row["pid"])
         matches = [bool(pids[i] == pid) for i in indices]
-        true_rows = [i for i in range(len(gallery)) if pids[i] == pid]
-        # pessimistic rank, as in the metrics: every other image scoring at least as high comes first
-        true_ranks = [int((scores >= scores[i]).sum()) for i in true_rows]
-        order = sorted(range(len(true_rows)), key=true_ranks.__getitem__)
-        true_rows, true_ranks = [true_rows[i] for i in order], [true_ranks[i] for i in order]
+        rows, ranks = match_ranks(scores, torch.as_tensor(pids), pid)
+        true_rows, true_ranks = rows.tolist(), ranks.tolist()
         note = (
             f"caption {args.query_index} of the {args.dataset} {args.split} split, identity {pid}; "
             f"gallery of {len(gallery)} images"

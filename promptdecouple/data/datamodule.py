@@ -402,14 +402,7 @@ class TIReIDDataModule(L.LightningDataModule):
         with warnings.catch_warnings():  # torchdata 0.11 calls torch.set_vital, deprecated in torch 2.13
             warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
             return StatefulDataLoader(
-                dataset,
-                batch_size=order.batch_size,
-                sampler=order,
-                drop_last=True,
-                num_workers=self.num_workers,
-                collate_fn=collate_items,
-                pin_memory=self.pin_memory,
-                persistent_workers=self.num_workers > 0,
+                dataset, batch_size=order.batch_size, sampler=order, drop_last=True, **self._loader_options()
             )
 
     def _seed(self) -> int:
@@ -454,17 +447,18 @@ class TIReIDDataModule(L.LightningDataModule):
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         return [
-            DataLoader(
-                dataset,
-                batch_size=self.eval_batch_size,
-                shuffle=False,
-                num_workers=self.num_workers,
-                collate_fn=collate_items,
-                pin_memory=self.pin_memory,
-                persistent_workers=self.num_workers > 0,
-            )
+            DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **self._loader_options())
             for dataset in self.eval_datasets(split)
         ]
+
+    def _loader_options(self) -> dict:
+        """What every loader of this data module shares: workers, batch assembly, pinned memory."""
+        return dict(
+            num_workers=self.num_workers,
+            collate_fn=collate_items,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
 
     # ---- helpers ----
 
