@@ -167,7 +167,7 @@ def floor_step(model, batches, setting: Setting, hf: bool) -> Callable[[int], No
             else:
                 image = model.encode_image(batch["pixel_values"])
                 text = model.encode_text(batch["input_ids"], batch["attention_mask"])
-        sdm_loss(image, text, batch["pids"]).backward()
+        sdm_loss(image, text, batch["labels"]).backward()
         model.zero_grad(set_to_none=True)
 
     return step

@@ -104,7 +104,7 @@ def make_batches(
             "pixel_values": torch.randn(batch_size, 3, *image_size, generator=generator),
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
-            "pids": torch.randint(0, num_classes, (batch_size,), generator=generator),
+            "labels": torch.randint(0, num_classes, (batch_size,), generator=generator),
         }
         batches.append(batch)
     first = batches[0]["input_ids"]

@@ -179,7 +179,6 @@ class PromptDecoupleModule(L.LightningModule):
             image_size=tuple(image_size),
             attn_implementation=attn_implementation,
         )
-        self.clip.clip.logit_scale.requires_grad_(False)
         if gradient_checkpointing:
             self.clip.set_gradient_checkpointing(True)
         self.classifier: nn.Linear | None = None
@@ -219,8 +218,7 @@ class PromptDecoupleModule(L.LightningModule):
         if stage == 1:
             yield from self.clip.prompt_parameters()
         else:
-            logit_scale = self.clip.clip.logit_scale
-            yield from (p for p in self.clip.encoder_parameters() if p is not logit_scale)
+            yield from self.clip.encoder_parameters()
         if self.classifier is not None and "id" in self._losses(stage):
             yield from self.classifier.parameters()
 
@@ -314,26 +312,26 @@ class PromptDecoupleModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image_features = self.clip.encode_image(normalize_pixels(batch["pixel_values"]))
         text_features = self.clip.encode_text(batch["input_ids"], batch["attention_mask"])
-        pids = batch["pids"]
-        image, text, batch_pids, rows = self._contrastive_batch(image_features, text_features, pids)
+        labels = batch["labels"]  # identities as training labels 0..C-1
+        image, text, batch_labels, rows = self._contrastive_batch(image_features, text_features, labels)
         temperature = self.hparams.temperature
         terms = {}
         for name in self._losses(self.stage):
             if name == "sdm":
-                terms[name] = sdm_loss(image, text, batch_pids, temperature, rows=rows)
+                terms[name] = sdm_loss(image, text, batch_labels, temperature, rows=rows)
             elif name == "itc":
                 terms[name] = itc_loss(image, text, temperature, rows=rows)
             else:
                 logits = self.classifier(image_features), self.classifier(text_features)
-                terms[name] = self.hparams.id_loss_weight * id_loss(*logits, pids)
+                terms[name] = self.hparams.id_loss_weight * id_loss(*logits, labels)
         loss = torch.stack(list(terms.values())).sum()
-        self._log_training(loss, terms, pids.shape[0])
+        self._log_training(loss, terms, labels.shape[0])
         return loss
 
     def _contrastive_batch(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, pids: torch.Tensor
+        self, image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, slice | None]:
-        """(images, texts, pids, own rows) for SDM / ITC: the global batch under DDP with global scope.
+        """(images, texts, labels, own rows) for SDM / ITC: the global batch under DDP with global scope.
 
         `all_gather(..., sync_grads=True)` stacks the processes' batches in rank order (the samplers
         give process r the r-th slice of every global batch, so this is the global batch in the order
@@ -343,15 +341,15 @@ class PromptDecoupleModule(L.LightningModule):
         """
         world_size = self._world_size()
         if self.hparams.contrastive_scope == "local" or world_size == 1:
-            return image_features, text_features, pids, None
-        size = pids.shape[0]
+            return image_features, text_features, labels, None
+        size = labels.shape[0]
         gathered = [
             self.all_gather(tensor, sync_grads=True).flatten(0, 1)
             for tensor in (image_features, text_features)
         ]
-        all_pids = self.all_gather(pids).flatten(0, 1)
+        all_labels = self.all_gather(labels).flatten(0, 1)
         rank = self.global_rank
-        return gathered[0], gathered[1], all_pids, slice(rank * size, (rank + 1) * size)
+        return gathered[0], gathered[1], all_labels, slice(rank * size, (rank + 1) * size)
 
     def _log_training(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log the loss and its terms averaged over processes: the global batch's (one all-reduce)."""

@@ -71,7 +71,7 @@ def test_training_batches_have_the_documented_shapes_dtypes_and_ranges(rstp_root
     high = max((1 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True))
     seen = []
     for batch in loader:
-        assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "pids", "index"}
+        assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "labels", "index"}
         pixels = batch["pixel_values"]
         assert pixels.shape == (8, 3, *SIZE) and pixels.dtype == torch.uint8  # 0..255 by type
         assert pixels.amax(dim=(1, 2, 3)).gt(pixels.amin(dim=(1, 2, 3))).all()  # no blank image
@@ -82,7 +82,9 @@ def test_training_batches_have_the_documented_shapes_dtypes_and_ranges(rstp_root
         assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.long
         assert batch["input_ids"].min() >= 0 and batch["input_ids"].max() < vocabulary
         assert set(batch["attention_mask"].unique().tolist()) <= {0, 1}
-        assert batch["pids"].dtype == torch.long and batch["pids"].min() >= 0 and batch["pids"].max() < 8
+        assert (
+            batch["labels"].dtype == torch.long and batch["labels"].min() >= 0 and batch["labels"].max() < 8
+        )
         seen += batch["index"].tolist()
     assert sorted(seen) == list(range(48))  # shuffled, every pair once
 
@@ -108,7 +110,7 @@ def test_training_labels_match_the_captions_identities(rstp_root, tiny_clip_dir)
     table = data.split("train")
     for index in (0, 17, 47):
         item = pairs[index]
-        assert data.train_pids[item["pids"]] == table["pid"][index]
+        assert data.train_pids[item["labels"]] == table["pid"][index]
         assert torch.equal(
             item["input_ids"],
             data.tokenizer(
@@ -149,7 +151,7 @@ def test_evaluation_loaders_cover_every_caption_and_image_exactly_once(rstp_root
 def test_identity_sampler_gives_p_by_k_batches(rstp_root, tiny_clip_dir):
     data = make(rstp_root, tiny_clip_dir, sampler="identity", instances_per_identity=2)
     for batch in data.train_dataloader():
-        counts = torch.bincount(batch["pids"])
+        counts = torch.bincount(batch["labels"])
         assert sorted(counts[counts > 0].tolist()) == [2, 2, 2, 2]
 
 
@@ -337,7 +339,7 @@ DDP_SCRIPT = textwrap.dedent(
 
         def training_step(self, batch, batch_idx):
             epoch = str(self.current_epoch)
-            self.record["train"].setdefault(epoch, []).append([batch["index"].tolist(), batch["pids"].tolist()])
+            self.record["train"].setdefault(epoch, []).append([batch["index"].tolist(), batch["labels"].tolist()])
             self.record["dtype"].append(str(batch["pixel_values"].dtype))
             return (self.weight * normalize_pixels(batch["pixel_values"]).mean()).sum()
 

@@ -59,12 +59,12 @@ def test_training_pairs_items_and_batches(tokenizer, images):
     dataset = TrainingPairs(images, [0, 0, 1, 1, 2, 2], tokens, ImageTransform((32, 16), train=True))
     item = dataset[3]
     assert item["pixel_values"].dtype == torch.uint8 and item["pixel_values"].shape == (3, 32, 16)
-    assert item["pids"] == 1 and item["index"] == 3
+    assert item["labels"] == 1 and item["index"] == 3
     assert torch.equal(item["input_ids"], tokens["input_ids"][3])
     batch = default_collate([dataset[i] for i in (0, 5)])
-    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "pids", "index"}
+    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "labels", "index"}
     assert batch["pixel_values"].shape == (2, 3, 32, 16) and batch["pixel_values"].dtype == torch.uint8
-    assert batch["pids"].tolist() == [0, 2] and batch["index"].tolist() == [0, 5]
+    assert batch["labels"].tolist() == [0, 2] and batch["index"].tolist() == [0, 5]
     assert batch["input_ids"].dtype == torch.long
 
 

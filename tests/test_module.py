@@ -15,7 +15,7 @@ def make(tiny_clip_dir, **kwargs):
 
 
 def batch(module, size=4, length=16, num_classes=5):
-    vocab_size = module.clip.clip.config.text_config.vocab_size  # start and end tokens come last
+    vocab_size = module.clip.clip_model.config.text_config.vocab_size  # start and end tokens come last
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, 300, (size, length), generator=generator)
     input_ids[:, 0], input_ids[:, 8:] = vocab_size - 2, vocab_size - 1  # start; end token and its padding
@@ -25,7 +25,7 @@ def batch(module, size=4, length=16, num_classes=5):
         "pixel_values": torch.randn(size, 3, 64, 32, generator=generator),
         "input_ids": input_ids,
         "attention_mask": mask,
-        "pids": torch.arange(size) % num_classes,
+        "labels": torch.arange(size) % num_classes,
         "index": torch.arange(size),
     }
 
@@ -64,11 +64,11 @@ def test_stages_set_the_trainable_set(tiny_clip_dir):
     names = trainable_names(module)
     assert "clip.text_prompts.tokens" not in names and "clip.vision_prompts.tokens" not in names
     assert {"classifier.weight", "classifier.bias"} <= names
-    assert "clip.clip.logit_scale" not in names  # the temperature is fixed
+    assert "clip.clip_model.logit_scale" not in names  # the temperature is fixed
     expected = {n for n, _ in module.named_parameters()} - {
         "clip.text_prompts.tokens",
         "clip.vision_prompts.tokens",
-        "clip.clip.logit_scale",
+        "clip.clip_model.logit_scale",
     }
     assert names == expected
     with pytest.raises(ValueError, match="stage must be 1 or 2"):
@@ -99,13 +99,13 @@ def test_training_step_in_stage_two_sums_the_losses(tiny_clip_dir):
     with torch.no_grad():
         image = module.clip.encode_image(data["pixel_values"])
         text = module.clip.encode_text(data["input_ids"], data["attention_mask"])
-        expected = sdm_loss(image, text, data["pids"], 0.02) + 0.5 * id_loss(
-            module.classifier(image), module.classifier(text), data["pids"]
+        expected = sdm_loss(image, text, data["labels"], 0.02) + 0.5 * id_loss(
+            module.classifier(image), module.classifier(text), data["labels"]
         )
     torch.testing.assert_close(loss.detach(), expected)
     loss.backward()
     assert module.clip.text_prompts.tokens.grad is None
-    assert module.clip.clip.vision_model.encoder.layers[0].mlp.fc1.weight.grad is not None
+    assert module.clip.clip_model.vision_model.encoder.layers[0].mlp.fc1.weight.grad is not None
     assert module.classifier.weight.grad is not None
 
 

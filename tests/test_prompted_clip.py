@@ -66,7 +66,7 @@ def test_non_square_image_size_matches_hf_interpolation(tiny_clip_dir, attn):
     with torch.no_grad():
         expected = hf.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True).pooler_output
         model = PromptedCLIP(hf, text_prompt_length=0, vision_prompt_length=0, image_size=(96, 32)).eval()
-        assert model.clip.vision_model.embeddings.position_embedding.weight.shape[0] == 6 * 2 + 1
+        assert model.clip_model.vision_model.embeddings.position_embedding.weight.shape[0] == 6 * 2 + 1
         torch.testing.assert_close(model.encode_image(pixels), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -103,7 +103,7 @@ def test_text_attention_is_causal_with_prompts(tiny_clip_dir, padded):
     # caption's EOS feature, unchanged: only true if the layers really attend causally.
     model = prompted(tiny_clip_dir, "sdpa", text_prompt_length=2)
     ids = padded["input_ids"][1:2].clone()
-    eos = int((ids[0] == model.clip.text_model.eos_token_id).int().argmax())
+    eos = int((ids[0] == model.clip_model.text_model.eos_token_id).int().argmax())
     changed = ids.clone()
     changed[0, eos + 1 :] = 320  # real tokens after EOS instead of padding
     with torch.no_grad():
@@ -170,8 +170,8 @@ def test_gradient_checkpointing_keeps_prompt_gradients(tiny_clip_dir, padded):
         model = prompted(tiny_clip_dir, text_prompt_length=2, vision_prompt_length=2).train()
         if checkpointing:
             model.set_gradient_checkpointing(True)
-            assert model.clip.text_model.encoder.layers[0].gradient_checkpointing
-        model.clip.requires_grad_(False)
+            assert model.clip_model.text_model.encoder.layers[0].gradient_checkpointing
+        model.clip_model.requires_grad_(False)
         loss = model.encode_text(padded["input_ids"]).sum() + model.encode_image(images()).sum()
         loss.backward()
         return model.text_prompts.tokens.grad, model.vision_prompts.tokens.grad
@@ -180,14 +180,27 @@ def test_gradient_checkpointing_keeps_prompt_gradients(tiny_clip_dir, padded):
         torch.testing.assert_close(plain, checkpointed, atol=1e-6, rtol=1e-5)
 
 
-def test_parameter_groups_partition_the_model(tiny_clip_dir):
+def test_parameter_groups_partition_the_model_but_the_unused_logit_scale(tiny_clip_dir):
     model = prompted(tiny_clip_dir)
     prompts = {id(p) for p in model.prompt_parameters()}
     encoder = {id(p) for p in model.encoder_parameters()}
+    logit_scale = model.clip_model.logit_scale
     assert prompts == {id(model.text_prompts.tokens), id(model.vision_prompts.tokens)}
     assert not prompts & encoder
-    assert prompts | encoder == {id(p) for p in model.parameters()}
-    assert id(model.clip.logit_scale) in encoder and id(model.clip.text_projection.weight) in encoder
+    assert prompts | encoder | {id(logit_scale)} == {id(p) for p in model.parameters()}
+    assert id(logit_scale) not in encoder and not logit_scale.requires_grad  # fixed temperature instead
+    assert id(model.clip_model.text_projection.weight) in encoder
+
+
+def test_state_dicts_from_before_the_rename_still_load(tiny_clip_dir):
+    """Checkpoints of earlier versions name the inner CLIPModel `clip`, not `clip_model`."""
+    model = prompted(tiny_clip_dir, text_prompt_length=2, vision_prompt_length=2)
+    legacy = {k.replace("clip_model.", "clip.", 1): v + 1 for k, v in model.state_dict().items()}
+    assert any(k.startswith("clip.text_model.") for k in legacy)
+    fresh = prompted(tiny_clip_dir, text_prompt_length=2, vision_prompt_length=2)
+    fresh.load_state_dict(legacy)  # strict: every key found
+    for name, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, legacy[name.replace("clip_model.", "clip.", 1)], msg=name)
 
 
 def test_prompt_shapes_follow_lengths_and_depths(tiny_clip_dir):
@@ -207,7 +220,7 @@ def test_state_dict_round_trip_reproduces_features(tiny_clip_dir, padded):
     model = prompted(tiny_clip_dir, image_size=(96, 32))
     with torch.no_grad():
         model.text_prompts.tokens.add_(0.5)
-        model.clip.text_projection.weight.mul_(1.5)
+        model.clip_model.text_projection.weight.mul_(1.5)
     other = prompted(tiny_clip_dir, image_size=(96, 32))
     other.load_state_dict(model.state_dict())
     pixels = images(96, 32)
@@ -229,6 +242,6 @@ def test_loads_from_a_saved_directory(tiny_clip_dir, padded):
             reference.get_text_features(input_ids=padded["input_ids"]).pooler_output,
         )
     eager = PromptedCLIP(tiny_clip_dir, attn_implementation="eager")
-    assert eager.clip.config._attn_implementation == "eager"
+    assert eager.clip_model.config._attn_implementation == "eager"
     assert eager.image_size == (384, 128)
     assert eager.embed_dim == 32

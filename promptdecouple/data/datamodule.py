@@ -108,8 +108,9 @@ class TIReIDDataModule(L.LightningDataModule):
     `pixel_values` is uint8 (B, 3, H, W) in 0..255, resized and (in training) augmented; the model's
     steps turn it into CLIP-normalised floats with `promptdecouple.data.normalize_pixels`.
 
-    - training: `pixel_values`, `input_ids` and `attention_mask` long (B, L), `pids` long labels
-      0..C-1, `index` (position in the training pairs); full batches only.
+    - training: `pixel_values`, `input_ids` and `attention_mask` long (B, L), `labels` long (the
+      identity as a training label 0..C-1; `train_pids[label]` is its stored id), `index` (position
+      in the training pairs); full batches only.
     - `val_dataloader` / `test_dataloader` return ``[queries, gallery]``: query batches hold
       `input_ids`, `attention_mask`, raw `pids` and `index` (position in `eval_set(split)[0]`);
       gallery batches `pixel_values`, raw `pids` and `index` (position in `eval_set(split)[1]`).

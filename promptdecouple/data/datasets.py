@@ -52,7 +52,8 @@ def tokenize_captions(tokenizer: Any, captions: Sequence[str], text_length: int)
 class TrainingPairs(Dataset):
     """One item per (image, caption) of the training split, with its identity label 0..C-1.
 
-    Item: `pixel_values` uint8 (3, H, W), `input_ids`, `attention_mask` (L,), `pids` (label), `index`.
+    Item: `pixel_values` uint8 (3, H, W), `input_ids`, `attention_mask` (L,), `labels` (the identity's
+    training label, 0..C-1, not the dataset's id), `index`.
 
     Keys are item indices, or `(index, epoch)` pairs as the training samplers yield them
     (`promptdecouple.data.samplers`): the augmentation of such a key is drawn from its own
@@ -87,7 +88,7 @@ class TrainingPairs(Dataset):
             "pixel_values": _load_pixels(self.image_paths[index], self.transform, rng),
             "input_ids": self.input_ids[index],
             "attention_mask": self.attention_mask[index],
-            "pids": self.labels[index],
+            "labels": self.labels[index],
             "index": index,
         }
 
@@ -103,7 +104,7 @@ class TrainingPairs(Dataset):
             "pixel_values": pixels,
             "input_ids": self.input_ids[index],
             "attention_mask": self.attention_mask[index],
-            "pids": self.labels[index],
+            "labels": self.labels[index],
             "index": index,
         }
         return PrecollatedItems(batch, unreadable)

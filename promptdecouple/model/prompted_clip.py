@@ -52,7 +52,10 @@ class PromptedCLIP(nn.Module):
             raise TypeError(
                 f"clip must be a hub name, a directory or a transformers.CLIPModel, got {type(clip).__name__}"
             )
-        self.clip = clip.train()  # from_pretrained returns eval mode; a fresh nn.Module trains
+        self.clip_model = clip.train()  # from_pretrained returns eval mode; a fresh nn.Module trains
+        # The losses here use a fixed temperature: CLIP's own logit scale never trains.
+        clip.logit_scale.requires_grad_(False)
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
         text_layers = len(clip.text_model.encoder.layers)
         vision_layers = len(clip.vision_model.encoder.layers)
         self.text_prompts = DeepPrompts(
@@ -74,13 +77,13 @@ class PromptedCLIP(nn.Module):
     @property
     def embed_dim(self) -> int:
         """Width of the projected features."""
-        return self.clip.config.projection_dim
+        return self.clip_model.config.projection_dim
 
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Projected EOS features `(B, projection_dim)`, not normalised."""
-        text = self.clip.text_model
+        text = self.clip_model.text_model
         n = self.text_prompts.length
         hidden = text.embeddings(input_ids=input_ids)
         batch = hidden.shape[0]
@@ -100,11 +103,11 @@ class PromptedCLIP(nn.Module):
             hidden = layer(hidden, mask, is_causal=True)
         eos = _eos_positions(input_ids, text.eos_token_id) + n
         pooled = hidden[torch.arange(batch, device=hidden.device), eos.to(hidden.device)]
-        return self.clip.text_projection(text.final_layer_norm(pooled))
+        return self.clip_model.text_projection(text.final_layer_norm(pooled))
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected CLS features `(B, projection_dim)`, not normalised."""
-        vision = self.clip.vision_model
+        vision = self.clip_model.vision_model
         height, width = pixel_values.shape[-2:]
         if (height, width) != self.image_size:
             raise ValueError(
@@ -128,20 +131,20 @@ class PromptedCLIP(nn.Module):
                 if prompts is not None:
                     hidden = _put_prompts(hidden, prompts, replace=n)
             hidden = layer(hidden, None)
-        return self.clip.visual_projection(vision.post_layernorm(hidden[:, 0]))
+        return self.clip_model.visual_projection(vision.post_layernorm(hidden[:, 0]))
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each CLIP layer's activations in backward (less memory, about a third more compute)."""
         # transformers renamed gradient_checkpointing_* to activation_checkpointing_* during 5.x.
-        if hasattr(self.clip, "activation_checkpointing_enable"):
+        if hasattr(self.clip_model, "activation_checkpointing_enable"):
             enable, disable = (
-                self.clip.activation_checkpointing_enable,
-                self.clip.activation_checkpointing_disable,
+                self.clip_model.activation_checkpointing_enable,
+                self.clip_model.activation_checkpointing_disable,
             )
         else:
             enable, disable = (
-                self.clip.gradient_checkpointing_enable,
-                self.clip.gradient_checkpointing_disable,
+                self.clip_model.gradient_checkpointing_enable,
+                self.clip_model.gradient_checkpointing_disable,
             )
         if enabled:
             enable({"use_reentrant": False})
@@ -153,12 +156,17 @@ class PromptedCLIP(nn.Module):
         return chain(self.text_prompts.parameters(), self.vision_prompts.parameters())
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
-        """Everything that belongs to CLIP: both towers, the projections and the logit scale."""
-        return self.clip.parameters()
+        """CLIP's weights that fine-tuning trains: both towers and the projections.
+
+        Not the logit scale: the losses divide similarities by a fixed temperature, so it is frozen
+        at construction and left out here.
+        """
+        logit_scale = self.clip_model.logit_scale
+        return (p for p in self.clip_model.parameters() if p is not logit_scale)
 
     def _resize_position_table(self, image_size: tuple[int, int]) -> None:
         """Resample the square patch-position table to the `image_size` grid, once."""
-        embeddings = self.clip.vision_model.embeddings
+        embeddings = self.clip_model.vision_model.embeddings
         patch = embeddings.patch_size
         height, width = image_size
         if height % patch or width % patch:
@@ -180,6 +188,13 @@ class PromptedCLIP(nn.Module):
         embeddings.num_patches = grid[0] * grid[1]
         embeddings.num_positions = embeddings.num_patches + 1
         embeddings.position_ids = torch.arange(embeddings.num_positions, device=table.device).unsqueeze(0)
+
+
+def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
+    """Load state dicts written before the inner CLIPModel was named `clip_model` (it was `clip`)."""
+    legacy = prefix + "clip."
+    for key in [k for k in state_dict if k.startswith(legacy)]:
+        state_dict[prefix + "clip_model." + key[len(legacy) :]] = state_dict.pop(key)
 
 
 def _depth(depth: int | None, num_layers: int, name: str) -> int:
