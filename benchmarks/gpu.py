@@ -136,7 +136,7 @@ def stage_module(clip_dir: Path, stage: int, setting: Setting, prompts: int = 4)
     module.train()
     hp = module.hparams
     fused = setting.device.type == "cuda"
-    optimizer = torch.optim.Adam(module._parameter_groups(), eps=hp.adam_eps, fused=fused)
+    optimizer = torch.optim.Adam(module.parameter_groups(), eps=hp.adam_eps, fused=fused)
     return module, optimizer
 
 

@@ -6,7 +6,7 @@ Stage 2 trains CLIP and the identity head. Target: stage 1 costs at most 0.7x st
 
 The measured step is what automatic optimisation does with the module: `training_step` (under
 bf16 autocast on CUDA, as `precision="bf16-mixed"`), backward, the Adam step over the stage's
-parameter groups (`_parameter_groups`, as `configure_optimizers` builds them) and `zero_grad`.
+parameter groups (`parameter_groups`, as `configure_optimizers` builds them) and `zero_grad`.
 Two modules with identical weights, one per stage, take turns step by step (the order flips every
 round), so the drift of a shared machine hits both alike; medians are reported, with the ratio of
 the medians and the spread of the per-round ratios. After the first step of each stage the script
@@ -124,7 +124,7 @@ def build(
     module.to(device).train()
     hp = module.hparams
     optimizer_class = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
-    optimizer = optimizer_class(module._parameter_groups(), eps=hp.adam_eps, betas=tuple(hp.adam_betas))
+    optimizer = optimizer_class(module.parameter_groups(), eps=hp.adam_eps, betas=tuple(hp.adam_betas))
     return module, optimizer
 
 

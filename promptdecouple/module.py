@@ -195,36 +195,6 @@ class PromptDecoupleModule(L.LightningModule):
         self._restored_schedule: dict | None = None
         self.set_stage(1)
 
-    # ----------------------------------------------------------------------------------- stages
-    @property
-    def stage(self) -> int:
-        """The current training stage: 1 (prompts train) or 2 (CLIP and the head train)."""
-        return self._stage
-
-    def set_stage(self, stage: int) -> None:
-        """Make exactly the parameters of `stage` trainable (see `trainable_parameters`)."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be 1 or 2, got {stage!r}")
-        self._stage = stage
-        trainable = {id(p) for p in self.trainable_parameters(stage)}
-        for parameter in self.parameters():
-            keep = id(parameter) in trainable
-            if not keep:
-                parameter.grad = None
-            parameter.requires_grad_(keep)
-
-    def trainable_parameters(self, stage: int) -> Iterator[nn.Parameter]:
-        """Stage 1: the prompts (+ the head if stage 1 uses "id"). Stage 2: CLIP and the head."""
-        if stage == 1:
-            yield from self.clip.prompt_parameters()
-        else:
-            yield from self.clip.encoder_parameters()
-        if self.classifier is not None and "id" in self._losses(stage):
-            yield from self.classifier.parameters()
-
-    def _losses(self, stage: int) -> tuple[str, ...]:
-        return self.stage1_losses if stage == 1 else self.stage2_losses
-
     # ---------------------------------------------------------------------------------- forward
     def forward(
         self,
@@ -246,67 +216,6 @@ class PromptDecoupleModule(L.LightningModule):
                 self.clip.encode_text(input_ids, attention_mask), dim=-1
             )
         return features
-
-    # -------------------------------------------------------------------------------- inference
-    @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """L2-normalised features `(N, D)` of `texts`, tokenised with the module's tokenizer."""
-        texts = _as_list(texts, str, "texts")
-        tokenizer = self.tokenizer
-        features = []
-        with evaluation_mode(self):
-            for start in range(0, len(texts), batch_size):
-                tokens = tokenizer(
-                    texts[start : start + batch_size],
-                    padding="max_length",
-                    max_length=self.hparams.text_length,
-                    truncation=True,
-                    return_tensors="pt",
-                ).to(self.device)
-                features.append(
-                    self(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])["text"]
-                )
-        return torch.cat(features) if features else torch.empty(0, self.clip.embed_dim, device=self.device)
-
-    @torch.no_grad()
-    def encode_images(self, images: Sequence[str | Path | Image.Image], batch_size: int = 64) -> torch.Tensor:
-        """L2-normalised features `(N, D)` of image files or PIL images, with the evaluation transform."""
-        images = _as_list(images, (str, Path, Image.Image), "images")
-        transform = ImageTransform(self.clip.image_size)
-        features = []
-        with evaluation_mode(self):
-            for start in range(0, len(images), batch_size):
-                pixels = torch.stack([transform(image) for image in images[start : start + batch_size]])
-                features.append(self(pixel_values=pixels.to(self.device))["image"])
-        return torch.cat(features) if features else torch.empty(0, self.clip.embed_dim, device=self.device)
-
-    @torch.no_grad()
-    def search(
-        self,
-        queries: Sequence[str] | torch.Tensor,
-        gallery: Sequence[str | Path | Image.Image] | torch.Tensor,
-        k: int = 10,
-    ) -> SearchResult:
-        """Rank `gallery` for each query: `indices` and cosine `scores`, both `(num_queries, k)`.
-
-        `queries` are texts or precomputed text features; `gallery` images (paths or PIL) or
-        precomputed image features (encode a large gallery once with `encode_images`).
-        """
-        query_features = queries if isinstance(queries, torch.Tensor) else self.encode_texts(queries)
-        gallery_features = gallery if isinstance(gallery, torch.Tensor) else self.encode_images(gallery)
-        if not 1 <= k <= len(gallery_features):
-            raise ValueError(f"k must be between 1 and the gallery size ({len(gallery_features)}), got {k}")
-        query_features = nn.functional.normalize(query_features.float(), dim=-1)
-        gallery_features = nn.functional.normalize(gallery_features.float(), dim=-1).to(query_features.device)
-        scores, indices = (query_features @ gallery_features.T).topk(k, dim=1)
-        return SearchResult(indices=indices, scores=scores)
-
-    @property
-    def tokenizer(self):
-        """The tokenizer `encode_texts` uses: `tokenizer`, or the one saved with `clip`."""
-        if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.hparams.tokenizer)
-        return self._tokenizer
 
     # --------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -370,35 +279,6 @@ class PromptDecoupleModule(L.LightningModule):
     def on_train_start(self) -> None:
         if self._restored_schedule is not None:  # resumed: the train loader and its state are set up now
             self._check_restored_schedule()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["promptdecouple"] = {"stage": self.stage}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Check the checkpoint's settings against this module's, then restore its stage.
-
-        Settings that define the model (prompt shapes, image size, ...) must match, and so must the
-        training settings when resuming `fit` (see `promptdecouple.checkpoint_settings`); paths and
-        runtime settings may differ.
-        """
-        fitting = self._fitting()
-        found = differences(checkpoint.get("hyper_parameters", {}), self.hparams, MODEL_SETTINGS, "model")
-        if bad := refused(found, fitting):
-            raise CheckpointSettingsError(
-                str(self.trainer.ckpt_path if fitting else "being loaded"), bad, fitting
-            )
-        # Lightning calls this before it wraps the model in DDP and builds the optimizers, so both
-        # are built over the restored stage's trainable set and the optimizer state fits.
-        self.set_stage(checkpoint.get("promptdecouple", {}).get("stage", 1))
-        schedules = checkpoint.get("lr_schedulers") or [{}]
-        lambdas = schedules[0].get("lr_lambdas") or [None]
-        self._restored_schedule = lambdas[0] if fitting and isinstance(lambdas[0], dict) else None
-
-    def _fitting(self) -> bool:
-        try:
-            return self.trainer.state.fn == TrainerFn.FITTING
-        except RuntimeError:  # not attached to a Trainer (load_from_checkpoint)
-            return False
 
     # ------------------------------------------------------------------------------- evaluation
     def validation_step(
@@ -467,7 +347,7 @@ class PromptDecoupleModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         """One optimizer over the current stage's trainable parameters, warm-up + cosine per step."""
         hp = self.hparams
-        groups = self._parameter_groups()
+        groups = self.parameter_groups()
         if not groups:
             raise ValueError(
                 f"stage {self.stage} has nothing to train: both prompt lengths are 0 and stage1_losses has "
@@ -508,7 +388,8 @@ class PromptDecoupleModule(L.LightningModule):
                 "start a new run without ckpt_path."
             )
 
-    def _parameter_groups(self) -> list[dict]:
+    def parameter_groups(self) -> list[dict]:
+        """The current stage's optimizer groups (`name`, `params`, `lr`, `weight_decay`), as IRRA sets them."""
         hp = self.hparams
         trainable = {id(p) for p in self.trainable_parameters(self.stage)}
         head = {id(p) for p in self.classifier.parameters()} if self.classifier is not None else set()
@@ -550,6 +431,127 @@ class PromptDecoupleModule(L.LightningModule):
             start, end = (0, boundary) if self.stage == 1 else (boundary, end)
         stage_steps = max(1, round((end - start) * steps_per_epoch))
         return min(stage_steps, round(warmup_epochs * steps_per_epoch)), stage_steps
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["promptdecouple"] = {"stage": self.stage}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Check the checkpoint's settings against this module's, then restore its stage.
+
+        Settings that define the model (prompt shapes, image size, ...) must match, and so must the
+        training settings when resuming `fit` (see `promptdecouple.checkpoint_settings`); paths and
+        runtime settings may differ.
+        """
+        fitting = self._fitting()
+        found = differences(checkpoint.get("hyper_parameters", {}), self.hparams, MODEL_SETTINGS, "model")
+        if bad := refused(found, fitting):
+            raise CheckpointSettingsError(
+                str(self.trainer.ckpt_path if fitting else "being loaded"), bad, fitting
+            )
+        # Lightning calls this before it wraps the model in DDP and builds the optimizers, so both
+        # are built over the restored stage's trainable set and the optimizer state fits.
+        self.set_stage(checkpoint.get("promptdecouple", {}).get("stage", 1))
+        schedules = checkpoint.get("lr_schedulers") or [{}]
+        lambdas = schedules[0].get("lr_lambdas") or [None]
+        self._restored_schedule = lambdas[0] if fitting and isinstance(lambdas[0], dict) else None
+
+    def _fitting(self) -> bool:
+        try:
+            return self.trainer.state.fn == TrainerFn.FITTING
+        except RuntimeError:  # not attached to a Trainer (load_from_checkpoint)
+            return False
+
+    # ------------------------------------------------------------------------- stages (public API)
+    @property
+    def stage(self) -> int:
+        """The current training stage: 1 (prompts train) or 2 (CLIP and the head train)."""
+        return self._stage
+
+    def set_stage(self, stage: int) -> None:
+        """Make exactly the parameters of `stage` trainable (see `trainable_parameters`)."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        self._stage = stage
+        trainable = {id(p) for p in self.trainable_parameters(stage)}
+        for parameter in self.parameters():
+            keep = id(parameter) in trainable
+            if not keep:
+                parameter.grad = None
+            parameter.requires_grad_(keep)
+
+    def trainable_parameters(self, stage: int) -> Iterator[nn.Parameter]:
+        """Stage 1: the prompts (+ the head if stage 1 uses "id"). Stage 2: CLIP and the head."""
+        if stage == 1:
+            yield from self.clip.prompt_parameters()
+        else:
+            yield from self.clip.encoder_parameters()
+        if self.classifier is not None and "id" in self._losses(stage):
+            yield from self.classifier.parameters()
+
+    def _losses(self, stage: int) -> tuple[str, ...]:
+        return self.stage1_losses if stage == 1 else self.stage2_losses
+
+    # ---------------------------------------------------------------------- inference (public API)
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised features `(N, D)` of `texts`, tokenised with the module's tokenizer."""
+        texts = _as_list(texts, str, "texts")
+        tokenizer = self.tokenizer
+        features = []
+        with evaluation_mode(self):
+            for start in range(0, len(texts), batch_size):
+                tokens = tokenizer(
+                    texts[start : start + batch_size],
+                    padding="max_length",
+                    max_length=self.hparams.text_length,
+                    truncation=True,
+                    return_tensors="pt",
+                ).to(self.device)
+                features.append(
+                    self(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])["text"]
+                )
+        return torch.cat(features) if features else torch.empty(0, self.clip.embed_dim, device=self.device)
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[str | Path | Image.Image], batch_size: int = 64) -> torch.Tensor:
+        """L2-normalised features `(N, D)` of image files or PIL images, with the evaluation transform."""
+        images = _as_list(images, (str, Path, Image.Image), "images")
+        transform = ImageTransform(self.clip.image_size)
+        features = []
+        with evaluation_mode(self):
+            for start in range(0, len(images), batch_size):
+                pixels = torch.stack([transform(image) for image in images[start : start + batch_size]])
+                features.append(self(pixel_values=pixels.to(self.device))["image"])
+        return torch.cat(features) if features else torch.empty(0, self.clip.embed_dim, device=self.device)
+
+    @torch.no_grad()
+    def search(
+        self,
+        queries: Sequence[str] | torch.Tensor,
+        gallery: Sequence[str | Path | Image.Image] | torch.Tensor,
+        k: int = 10,
+    ) -> SearchResult:
+        """Rank `gallery` for each query: `indices` and cosine `scores`, both `(num_queries, k)`.
+
+        `queries` are texts or precomputed text features; `gallery` images (paths or PIL) or
+        precomputed image features (encode a large gallery once with `encode_images`).
+        """
+        query_features = queries if isinstance(queries, torch.Tensor) else self.encode_texts(queries)
+        gallery_features = gallery if isinstance(gallery, torch.Tensor) else self.encode_images(gallery)
+        if not 1 <= k <= len(gallery_features):
+            raise ValueError(f"k must be between 1 and the gallery size ({len(gallery_features)}), got {k}")
+        query_features = nn.functional.normalize(query_features.float(), dim=-1)
+        gallery_features = nn.functional.normalize(gallery_features.float(), dim=-1).to(query_features.device)
+        scores, indices = (query_features @ gallery_features.T).topk(k, dim=1)
+        return SearchResult(indices=indices, scores=scores)
+
+    @property
+    def tokenizer(self):
+        """The tokenizer `encode_texts` uses: `tokenizer`, or the one saved with `clip`."""
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.hparams.tokenizer)
+        return self._tokenizer
 
 
 class WarmupCosine:

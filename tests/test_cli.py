@@ -183,6 +183,7 @@ def tiny_demo(clip_dir: Path, data_root: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_fit_validate_and_test_from_a_config(tmp_path, tiny_clip_dir, capsys):
     clip_dir, data_root = tmp_path / "clip", tmp_path / "data"
     config = {
@@ -251,6 +252,7 @@ def test_python_dash_m_runs_the_same_command():
     assert "--stage_switch.switch_epoch" in result.stdout and "--model.prompt_lr" in result.stdout
 
 
+@pytest.mark.slow
 def test_fit_logs_the_config_and_the_retrieval_panel_to_wandb(tmp_path):
     runs = tmp_path / "runs"
     config = {
@@ -395,6 +397,7 @@ def test_a_resume_refuses_changed_settings_listing_each_before_any_work(trained,
     assert f"checkpoint {root / 'ckpt' / 'last.ckpt'} was trained" in err and "model.encoder_lr" in err
 
 
+@pytest.mark.slow
 def test_a_resume_uses_a_moved_clip_folder_and_continues_exactly(trained, tmp_path, capsys):
     root, config = trained
     moved = tmp_path / "clip_moved"
@@ -469,6 +472,7 @@ def test_a_partial_evaluation_is_labelled_with_what_it_scored(trained, capsys):
     assert "trainer.limit_val_batches" in out and "not those of the split" in out
 
 
+@pytest.mark.slow
 def test_the_resolved_config_never_replaces_a_file_of_the_user(trained, tmp_path, monkeypatch, capsys):
     root, _ = trained
     monkeypatch.chdir(tmp_path)
@@ -486,6 +490,7 @@ def test_the_resolved_config_never_replaces_a_file_of_the_user(trained, tmp_path
     assert (tmp_path / "config.yaml").read_text() == mine
 
 
+@pytest.mark.slow
 def test_sigterm_exits_with_143_and_a_checkpoint_of_where_it_stopped(trained, tmp_path):
     root, config = trained
     (tmp_path / "send_sigterm.py").write_text(
@@ -532,6 +537,7 @@ def test_sigterm_exits_with_143_and_a_checkpoint_of_where_it_stopped(trained, tm
     assert torch.load(saved, weights_only=False)["global_step"] == 4
 
 
+@pytest.mark.slow
 def test_fit_trains_over_a_truncated_image_and_refuses_an_empty_one_unless_told(trained, tmp_path, capsys):
     root, config = trained
     shutil.copytree(root / "data", tmp_path / "data")
@@ -606,6 +612,7 @@ def test_every_argument_of_fit_has_its_own_help():
     assert len(fields) == 11 and all(text and text.strip() for text in fields.values()), fields
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [1, 2])
 def test_predict_writes_the_features_of_a_split_as_the_module_encodes_them(trained, tmp_path, devices):
     root, config = trained

@@ -380,6 +380,7 @@ def fit_with_two_process_ddp(root, tokenizer, out, sampler):
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
+@pytest.mark.slow
 def test_identity_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path):
     """Each rank loads whole identity groups of the same global batches; Lightning leaves the sampler be."""
     ranks = fit_with_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path, "identity")
@@ -406,6 +407,7 @@ def test_identity_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_pa
         assert set(ranks[0]["val"][loader]) | set(ranks[1]["val"][loader]) == set(range(size))
 
 
+@pytest.mark.slow
 def test_random_sampler_under_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path):
     """Each rank its half of every global batch of 8, per epoch; Lightning leaves the sampler be."""
     ranks = fit_with_two_process_ddp(rstp_root, tiny_clip_dir, tmp_path, "random")

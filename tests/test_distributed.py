@@ -22,6 +22,8 @@ import torch
 
 from promptdecouple.data import write_synthetic
 
+pytestmark = pytest.mark.slow  # multi-process or end-to-end: `-m "not slow"` skips them
+
 SCRIPT = Path(__file__).parent / "scripts" / "stage_run.py"
 # Adam's epsilon of IRRA's recipe: with 1e-8, parameters whose gradient is zero up to rounding (the
 # key projection's bias in attention) take full +-lr steps on the sign of that rounding noise.

@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # multi-process or end-to-end: `-m "not slow"` skips them
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
 
 

@@ -121,7 +121,7 @@ def test_forward_returns_unit_features(tiny_clip_dir):
 def test_stage_two_groups_follow_the_recipe(tiny_clip_dir):
     module = make(tiny_clip_dir, encoder_lr=1e-5, head_lr=5e-5, bias_lr_factor=2.0, weight_decay=4e-5)
     module.set_stage(2)
-    groups = {g["name"]: g for g in module._parameter_groups()}
+    groups = {g["name"]: g for g in module.parameter_groups()}
     assert set(groups) == {"head", "weights", "biases"}
     assert groups["biases"]["lr"] == pytest.approx(2e-5) and groups["biases"]["weight_decay"] == 0.0
     assert groups["weights"]["lr"] == 1e-5 and groups["weights"]["weight_decay"] == 4e-5
@@ -130,7 +130,7 @@ def test_stage_two_groups_follow_the_recipe(tiny_clip_dir):
     counted = sum(len(g["params"]) for g in groups.values())
     assert counted == len([p for p in module.parameters() if p.requires_grad])
     module.set_stage(1)
-    groups = module._parameter_groups()
+    groups = module.parameter_groups()
     assert [g["name"] for g in groups] == ["prompts"] and len(groups[0]["params"]) == 2
 
 

@@ -10,6 +10,8 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # multi-process or end-to-end: `-m "not slow"` skips them
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 KERNEL = "python3"
 

@@ -136,6 +136,7 @@ class SendSigterm(Callback):
 """
 
 
+@pytest.mark.slow
 def test_under_ddp_every_process_stops_after_the_same_step(tiny_clip_dir, dataset, tmp_path):
     """Without agreement one process waited in a barrier while the other trained on (measured)."""
     (tmp_path / "send_sigterm.py").write_text(SEND_SIGTERM)

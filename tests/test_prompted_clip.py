@@ -245,3 +245,24 @@ def test_loads_from_a_saved_directory(tiny_clip_dir, padded):
     assert eager.clip_model.config._attn_implementation == "eager"
     assert eager.image_size == (384, 128)
     assert eager.embed_dim == 32
+
+
+def test_the_transformers_interfaces_of_the_layer_loop_are_there():
+    """The two version-fragile calls of PromptedCLIP (see `_causal_mask`, `_run_layer`)."""
+    import inspect
+
+    from transformers.masking_utils import create_causal_mask
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+    mask_parameters = inspect.signature(create_causal_mask).parameters
+    assert {"config", "inputs_embeds", "attention_mask", "cache"} <= set(mask_parameters), (
+        "transformers changed create_causal_mask: update promptdecouple.model.prompted_clip._causal_mask"
+    )
+    layer_parameters = list(inspect.signature(CLIPEncoderLayer.forward).parameters)
+    assert layer_parameters[:3] == ["self", "hidden_states", "attention_mask"], (
+        "transformers changed CLIPEncoderLayer.forward: update promptdecouple.model.prompted_clip._run_layer"
+    )
+    assert any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in inspect.signature(CLIPEncoderLayer.forward).parameters.values()
+    )

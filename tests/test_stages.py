@@ -13,6 +13,8 @@ from promptdecouple.data import write_synthetic
 from promptdecouple.module import PromptDecoupleModule
 from promptdecouple.stages import StageSwitch, stage_for_epoch
 
+pytestmark = pytest.mark.slow  # multi-process or end-to-end: `-m "not slow"` skips them
+
 SCRIPT = Path(__file__).parent / "scripts" / "stage_run.py"
 PROMPTS = {"clip.text_prompts.tokens", "clip.vision_prompts.tokens"}
 HEAD = {"classifier.weight", "classifier.bias"}

@@ -92,15 +92,13 @@ class PromptedCLIP(nn.Module):
             if attention_mask is not None:
                 prompt_mask = attention_mask.new_ones(batch, n)
                 attention_mask = torch.cat([attention_mask[:, :1], prompt_mask, attention_mask[:, 1:]], dim=1)
-        mask = create_causal_mask(
-            config=text.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None
-        )
+        mask = _causal_mask(text.config, hidden, attention_mask)
         for index, layer in enumerate(text.encoder.layers):
             if index > 0:
                 prompts = self.text_prompts.at_layer(index, batch, hidden.dtype)
                 if prompts is not None:
                     hidden = _put_prompts(hidden, prompts, replace=n)
-            hidden = layer(hidden, mask, is_causal=True)
+            hidden = _run_layer(layer, hidden, mask, causal=True)
         eos = _eos_positions(input_ids, text.eos_token_id) + n
         pooled = hidden[torch.arange(batch, device=hidden.device), eos.to(hidden.device)]
         return self.clip_model.text_projection(text.final_layer_norm(pooled))
@@ -130,7 +128,7 @@ class PromptedCLIP(nn.Module):
                 prompts = self.vision_prompts.at_layer(index, batch, hidden.dtype)
                 if prompts is not None:
                     hidden = _put_prompts(hidden, prompts, replace=n)
-            hidden = layer(hidden, None)
+            hidden = _run_layer(layer, hidden, None, causal=False)
         return self.clip_model.visual_projection(vision.post_layernorm(hidden[:, 0]))
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
@@ -188,6 +186,23 @@ class PromptedCLIP(nn.Module):
         embeddings.num_patches = grid[0] * grid[1]
         embeddings.num_positions = embeddings.num_patches + 1
         embeddings.position_ids = torch.arange(embeddings.num_positions, device=table.device).unsqueeze(0)
+
+
+# ---- the transformers interfaces this layer loop calls, version-fragile: here only ----------------
+# `masking_utils.create_causal_mask` (transformers 5.x) builds the text tower's mask the way
+# `CLIPTextModel` does; `CLIPEncoderLayer.__call__(hidden_states, attention_mask, is_causal=...)` runs
+# one layer with the configured attention backend. Under SDPA the mask may come back None, and then
+# only `is_causal=True` keeps the text attention causal. A release that changes either signature
+# fails tests/test_prompted_clip.py::test_the_transformers_interfaces_of_the_layer_loop_are_there;
+# one that changes their behaviour fails the equivalence tests with HF's own forward there.
+
+
+def _causal_mask(config, hidden: torch.Tensor, attention_mask: torch.Tensor | None):
+    return create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None)
+
+
+def _run_layer(layer: nn.Module, hidden: torch.Tensor, mask, causal: bool) -> torch.Tensor:
+    return layer(hidden, mask, is_causal=True) if causal else layer(hidden, mask)
 
 
 def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
