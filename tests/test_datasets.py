@@ -179,3 +179,12 @@ def test_an_image_that_cannot_be_decoded_mid_epoch_becomes_the_mean_colour_and_i
     with pytest.warns(UserWarning, match="hollow.jpg could not be decoded"):
         item = gallery[3]
     assert torch.equal(item["pixel_values"], mean.expand(3, 32, 16))
+
+
+def test_shared_memory_allocation_is_still_there():
+    """`_new_pixel_batch` allocates worker batches with torch's private `UntypedStorage._new_shared`."""
+    assert callable(getattr(torch.UntypedStorage, "_new_shared", None)), (
+        "torch removed UntypedStorage._new_shared: update promptdecouple.data.datasets._new_pixel_batch"
+    )
+    storage = torch.UntypedStorage._new_shared(12)
+    assert storage.is_shared() and storage.nbytes() == 12

@@ -244,7 +244,10 @@ def _new_pixel_batch(size: int, image_size: Sequence[int]) -> torch.Tensor:
     """An uninitialised uint8 batch (size, 3, H, W); in shared memory inside a DataLoader worker.
 
     Shared memory is where a worker's batch has to go to reach the main process; allocating it
-    there directly (as `default_collate` does) saves moving it later.
+    there directly (as `default_collate` does) saves moving it later. `UntypedStorage._new_shared`
+    is the private torch call `default_collate` itself makes for this; it is used here only, and
+    tests/test_datasets.py::test_loader_batches_equal_default_collate_batches (with workers) and
+    ::test_shared_memory_allocation_is_still_there fail if a release removes it.
     """
     shape = (size, 3, *image_size)
     if get_worker_info() is None:
