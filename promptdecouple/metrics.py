@@ -10,10 +10,10 @@ is a match when it shows the query's identity. With the match ranks ``r_1 < ... 
 These are the numbers TIReID code (IRRA and its forks) gets by sorting the whole query x gallery matrix. Here
 nothing is sorted: queries are taken in chunks, each chunk's similarities to the gallery come from one matmul,
 and the rank of a match is the number of gallery items scoring at least as high as it. Those counts come from
-comparison passes, one per match score, over blocks of the chunk small enough to stay in a core's cache; when
-queries have many matches and few gallery items remain above a match score, the items above it are gathered and
-the higher matches counted on them alone. Time stays close to that of the similarity matmul itself and memory
-to one chunk (``benchmarks/retrieval_metrics.py``).
+comparison passes, one per match score, over the blocks of gallery items whose highest similarity reaches that
+score: the gallery is put in an order where similar items are neighbours, so that for ranks of features that
+separate identities these are a few percent of the chunk. Time stays close to that of the similarity matmul
+itself and memory to one chunk (``benchmarks/retrieval_metrics.py``, ``docs/benchmarks.md``).
 
 Ties (equal similarities) are ranked pessimistically: a non-matching item that scores exactly as high as a match
 is placed before it. This equals a full stable sort by (similarity descending, non-matches first), makes the
@@ -23,7 +23,6 @@ than a lucky one.
 
 from __future__ import annotations
 
-import bisect
 import time
 import warnings
 from collections.abc import Sequence
@@ -43,24 +42,29 @@ UnmatchedPolicy = Literal["warn", "error", "ignore"]
 _UNMATCHED_POLICIES = ("warn", "error", "ignore")
 _ROLES = ("query", "gallery")
 
-# Similarity entries per chunk when chunk_size is None (64 MB of float32).
-_AUTO_CHUNK_ENTRIES = 1 << 24
+# Bytes of similarities per chunk when chunk_size is None (256 MB): fewer, larger matmuls run closer to the
+# speed of one whole matmul, most of all with several threads.
+_AUTO_CHUNK_BYTES = 1 << 28
+# Gallery items per block: the counting works on blocks of this many consecutive gallery items and skips every
+# block whose highest similarity is below a threshold.
+_BLOCK_ITEMS = 128
+# The gallery is put in an order where similar items are neighbours, so that the items above a query's
+# thresholds fall into few blocks: items are grouped by the nearest of this many centres, found by a few
+# k-means steps on an evenly spaced sample. It decides speed only, never the result.
+_ORDER_CENTRES = 64
+_ORDER_SAMPLE = 4096
+_ORDER_STEPS = 10
 # Similarity entries per thread compared per step of a counting pass on CPU: they stay in a core's cache.
-# (Accelerators compare whole chunks.) Blocks that take longer than 1.5 ns per compared entry, about 7 times
-# their normal cost, are stalling (see _Scratch); that is judged once 2**24 entries have been compared.
-_PASS_BLOCK_ENTRIES = 1 << 17
+# (Accelerators compare all remaining blocks at once.) Steps that take longer than 1.5 ns per compared entry,
+# about 3 times their normal cost, are stalling (see _Scratch); that is judged once 2**22 entries have been
+# compared.
+_PASS_STEP_ENTRIES = 1 << 17
 _STALLED_SECONDS_PER_ENTRY = 1.5e-9
-_STALL_CHECK_ENTRIES = 1 << 24
+_STALL_CHECK_ENTRIES = 1 << 22
 # torch runs element-wise operations on fewer entries than this on the calling thread only.
-_SERIAL_BLOCK_ENTRIES = 1 << 15
-# Cost model, in comparison passes over a chunk (measured on CPU): gathering the entries at or above a
-# threshold and counting t thresholds on them costs about 12 + t passes, plus 450 passes per gathered share
-# of the chunk. Passes win unless queries have many matches; the model only decides speed, never the result.
-_GATHER_FIXED_COST = 12.0
-_GATHER_COST_PER_THRESHOLD = 1.0
-_GATHER_ITEM_COST = 450.0
-# Upper bound on (gathered entries x thresholds) processed at once.
-_CANDIDATE_BLOCK = 1 << 22
+_SERIAL_STEP_ENTRIES = 1 << 15
+# The signed integer type whose bits a pass reads the sign of (see _count_at_least).
+_INTEGER_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 @torch.no_grad()
@@ -83,7 +87,9 @@ def retrieval_metrics(
         ks: the cut-offs reported as ``R<k>``.
         chunk_size: queries compared with the gallery at once. Working memory is at most about twice the
             chunk's ``chunk_size x G`` similarities (float32 unless the features are float64), on top of the
-            normalised features; None picks ``2**24 // G`` queries (64 MB of similarities).
+            normalised features (the chunk, and a copy of the gallery blocks that can hold a match's rank: a few
+            percent of it once features separate identities, all of it at worst); None picks 256 MB of
+            similarities (``2**26 // G`` float32 queries).
         unmatched_queries: what to do with queries whose identity has no gallery item (they cannot be scored):
             ``"warn"`` leaves them out of every average and warns how many, ``"error"`` raises, ``"ignore"``
             leaves them out silently.
@@ -136,6 +142,11 @@ def _query_statistics(
     dtype = torch.float64 if torch.float64 in (queries.dtype, gallery.dtype) else torch.float32
     device = queries.device
 
+    # The gallery is counted in an order where similar items are neighbours (see _count_at_least): positions
+    # below are in that order, which changes no result.
+    gallery = F.normalize(gallery.to(dtype), dim=1)
+    neighbours = _similarity_order(gallery)
+    gallery, gallery_pids = gallery[neighbours], gallery_pids[neighbours]
     # Gallery positions grouped by identity: the matches of pid p are order[start[p] : start[p] + count[p]].
     order = torch.argsort(gallery_pids, stable=True)
     identities, counts = torch.unique_consecutive(gallery_pids[order], return_counts=True)
@@ -161,24 +172,27 @@ def _query_statistics(
             )
         queries, slot = queries[matched], slot[matched]
 
-    gallery_t = F.normalize(gallery.to(dtype), dim=1).T
     queries = F.normalize(queries.to(dtype), dim=1)
-    num_gallery = gallery_t.shape[1]
-    chunk_size = chunk_size or max(1, _AUTO_CHUNK_ENTRIES // num_gallery)
+    num_gallery = len(gallery)
+    chunk_size = chunk_size or _auto_chunk_size(num_gallery, dtype)
     rows = min(chunk_size, len(queries))
-    sims_buffer = torch.empty(rows, num_gallery, dtype=dtype, device=device)
-    scratch = _Scratch(rows, num_gallery, dtype, device)
+    # Whole blocks: the padding items score -inf, which no threshold reaches.
+    num_blocks = -(-num_gallery // _BLOCK_ITEMS)
+    gallery_t = torch.zeros(gallery.shape[1], num_blocks * _BLOCK_ITEMS, dtype=dtype, device=device)
+    gallery_t[:, :num_gallery] = gallery.T
+    sims_buffer = torch.empty(rows, num_blocks * _BLOCK_ITEMS, dtype=dtype, device=device)
+    scratch = _Scratch(dtype, device)
 
     # Queries with equally many matches go together, so that no chunk pads many queries to a long one.
     num_matches = counts[slot]
     by_width = torch.argsort(num_matches, stable=True)
-    plan = _CountingPlan()
     best, last, ap = (
         torch.empty(len(slot), dtype=t, device=device) for t in (torch.int64, torch.int64, torch.float64)
     )
     for begin in range(0, len(slot), chunk_size):
         chunk = by_width[begin : begin + chunk_size]
         sims = torch.mm(queries[chunk], gallery_t, out=sims_buffer[: len(chunk)])
+        sims[:, num_gallery:] = -torch.inf
         m = num_matches[chunk]
         widths = m.tolist()
         offsets = torch.arange(widths[-1], device=device)
@@ -186,7 +200,7 @@ def _query_statistics(
         columns = order[(starts[slot[chunk]][:, None] + offsets).clamp_(max=num_gallery - 1)]
         match_scores = sims.gather(1, columns).masked_fill_(~valid, float("inf"))
         thresholds = match_scores.sort(dim=1).values  # ascending per query, +inf padding last
-        at_least = _count_at_least(sims, thresholds, widths, scratch, plan)
+        at_least = _count_at_least(sims, thresholds, scratch)
         # Pessimistic ranks: the match with the j-th lowest score is the (m - j)-th best match, and is preceded
         # by every non-match scoring at least as high.
         matches_at_least = m[:, None] - torch.searchsorted(thresholds, thresholds)
@@ -198,150 +212,124 @@ def _query_statistics(
     return best, last, ap, num_matches
 
 
-class _Scratch:
-    """Reusable buffers for counting, and how passes are split.
+def _auto_chunk_size(num_gallery: int, dtype: torch.dtype) -> int:
+    """Queries per chunk when ``chunk_size`` is None: `_AUTO_CHUNK_BYTES` of similarities."""
+    return max(1, _AUTO_CHUNK_BYTES // (num_gallery * torch.finfo(dtype).bits // 8))
 
-    On CPU, passes go over blocks of rows that stay in cache. With several threads each block is a parallel
-    section, and on a machine whose cores are busy with other work every section can wait for a descheduled
-    thread: when blocks turn out that slow, the rest of the call uses blocks below torch's parallel grain
-    size, which run on the calling thread alone.
+
+def _similarity_order(gallery: Tensor) -> Tensor:
+    """A permutation of the (normalised) gallery that puts similar items side by side.
+
+    Items are grouped by the nearest of `_ORDER_CENTRES` centres, found by `_ORDER_STEPS` k-means steps (cosine)
+    on a sample of `_ORDER_SAMPLE` items drawn with a fixed seed, started from the first items of the sample: the
+    same order every time, for a small fraction of the similarity matmul's cost. (An evenly spaced sample is
+    not used: galleries listed identity by identity repeat a pattern that it can pick in step with.) Any
+    permutation gives the same metrics; a good one makes counting faster.
+    """
+    num_gallery = len(gallery)
+    if num_gallery <= 2 * _BLOCK_ITEMS:
+        return torch.arange(num_gallery, device=gallery.device)
+    picks = torch.randperm(num_gallery, generator=torch.Generator().manual_seed(0))[:_ORDER_SAMPLE]
+    sample = gallery[picks.to(gallery.device)]
+    centres = sample[:_ORDER_CENTRES]
+    for _ in range(_ORDER_STEPS):
+        nearest = torch.mm(sample, centres.T).argmax(1)
+        sums = torch.zeros_like(centres).index_add_(0, nearest, sample)
+        centres = F.normalize(sums + 1e-6 * centres, dim=1)  # an empty centre stays where it was
+    return torch.argsort(torch.mm(gallery, centres.T).argmax(1), stable=True)
+
+
+class _Scratch:
+    """A reusable buffer for the counting passes, and how many blocks a pass step compares.
+
+    On CPU, a step compares blocks small enough to stay in a core's cache with all their thresholds in turn.
+    With several threads each step is a parallel section, and on a machine whose cores are busy with other work
+    every section can wait for a descheduled thread: when steps turn out that slow, the rest of the call uses
+    steps below torch's parallel grain size, which run on the calling thread alone.
     """
 
-    def __init__(self, rows: int, num_gallery: int, dtype: torch.dtype, device: torch.device) -> None:
-        threads = torch.get_num_threads()
-        block_rows = max(1, _PASS_BLOCK_ENTRIES * threads // num_gallery) if device.type == "cpu" else rows
-        self.block = torch.empty(min(rows, block_rows), num_gallery, dtype=dtype, device=device)
-        self.block_rows = self.block.shape[0]
-        self.watch = device.type == "cpu" and threads > 1
-        self.rows, self.num_gallery, self.device = rows, num_gallery, device
-        self._flags: Tensor | None = None
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+        if device.type == "cpu":
+            self.step_blocks = max(1, _PASS_STEP_ENTRIES * torch.get_num_threads() // _BLOCK_ITEMS)
+        else:
+            self.step_blocks = None  # all remaining blocks at once
+        self.watch = device.type == "cpu" and torch.get_num_threads() > 1
+        self._difference = torch.empty(0, dtype=dtype, device=device)
+
+    def difference(self, blocks: int) -> Tensor:
+        if self._difference.numel() < blocks * _BLOCK_ITEMS:
+            self._difference = torch.empty(blocks * _BLOCK_ITEMS, dtype=self.dtype, device=self.device)
+        return self._difference[: blocks * _BLOCK_ITEMS].view(blocks, _BLOCK_ITEMS)
 
     def serialise(self) -> None:
-        self.block_rows = min(self.block_rows, max(1, _SERIAL_BLOCK_ENTRIES // self.num_gallery))
+        self.step_blocks = max(1, _SERIAL_STEP_ENTRIES // _BLOCK_ITEMS)
         self.watch = False
 
-    def flags(self, rows: int) -> Tensor:
-        if self._flags is None:
-            self._flags = torch.empty(self.rows, self.num_gallery, dtype=torch.bool, device=self.device)
-        return self._flags[:rows]
 
-
-class _CountingPlan:
-    """Which thresholds to count by comparison passes and which on gathered entries, chunk after chunk.
-
-    A comparison pass costs the same whatever the threshold; gathering the entries at or above a threshold
-    costs a fixed amount plus an amount per entry, so it pays once few entries remain above the threshold.
-    The share of entries at or above each threshold index, measured on one chunk, predicts the next chunk;
-    the first chunk is counted by passes alone.
-    """
-
-    def __init__(self) -> None:
-        self.density: list[float] | None = None
-
-    def first_gathered(self, widths: list[int]) -> int:
-        """Index of the first threshold to count on gathered entries (``max(widths)``: gather nothing)."""
-        width = widths[-1]
-        if self.density is None:
-            return width
-        density = (self.density + [self.density[-1]] * width)[:width]
-        # pass_cost[j] = share of the chunk's rows having a threshold j (rows are sorted by width)
-        pass_cost = [1.0 - bisect.bisect_right(widths, j) / len(widths) for j in range(width)]
-        costs, passes = [], 0.0
-        for j in range(width):
-            costs.append(passes + _gather_cost(density[j], width - 1 - j))
-            passes += pass_cost[j]
-        costs.append(passes)
-        return min(range(width + 1), key=costs.__getitem__)
-
-    def record(self, counts: Tensor, entries: int) -> None:
-        self.density = (counts.sum(0).double() / entries).tolist()
-
-
-def _gather_cost(density: float, remaining: int) -> float:
-    """Cost (in passes) of counting ``remaining + 1`` thresholds on gathered entries of the given share."""
-    return _GATHER_FIXED_COST + _GATHER_COST_PER_THRESHOLD * (remaining + 1) + _GATHER_ITEM_COST * density
-
-
-def _count_at_least(
-    sims: Tensor, thresholds: Tensor, widths: list[int], scratch: _Scratch, plan: _CountingPlan
-) -> Tensor:
+def _count_at_least(sims: Tensor, thresholds: Tensor, scratch: _Scratch) -> Tensor:
     """``counts[r, j]`` = number of entries of ``sims[r]`` that are ``>= thresholds[r, j]``.
 
-    ``thresholds`` is ascending per row, and ``+inf`` beyond each row's width (``widths``, ascending).
+    ``thresholds`` is ascending per row (``+inf`` padding last); each row of ``sims`` is whole blocks of
+    `_BLOCK_ITEMS` entries.
+
+    Only blocks whose highest entry reaches a threshold can hold entries at or above it. The blocks that reach
+    at least the lowest threshold of their row are gathered, in decreasing order of how many thresholds they
+    reach, so that the blocks to compare with the j-th thresholds are a prefix of them; for ranks of well
+    separated features they are a few percent of the chunk (the gallery order puts similar items in the same
+    blocks). The prefixes are compared step by step, a few cache-sized blocks at a time with all their
+    thresholds.
+
+    A comparison does not compare: torch's comparisons write booleans at about 1.4 ns an entry on CPU, where
+    arithmetic is vectorised. It subtracts the threshold (``s - t`` is negative exactly when ``s < t``: the
+    difference of two different floats is never zero, and the gathered entries hold no ``-0.0``), shifts the
+    sign bit of the difference's integer view across it (-1 below the threshold, 0 at or above) and sums:
+    ``count = block size + sum`` (0.6 ns an entry in all, measured).
     """
-    num_rows, num_gallery = sims.shape
-    width = widths[-1]
-    # Counts are summed as floats (far faster than summing booleans on CPU); float32 holds every integer
-    # below 2**24 exactly.
-    count_dtype = torch.float64 if num_gallery >= 2**24 else sims.dtype
-    counts = torch.zeros(width, num_rows, dtype=count_dtype, device=sims.device)
-    first_gathered = plan.first_gathered(widths)
-    if first_gathered < width:
-        passes_left = sum(max(0, w - first_gathered) for w in widths) / num_rows
-        max_share = (passes_left - _gather_cost(0.0, width - 1 - first_gathered)) / _GATHER_ITEM_COST
-        gathered = _count_on_candidates(
-            sims, thresholds[:, first_gathered:], scratch.flags(num_rows), max(0.0, max_share)
-        )
-        if gathered is None:  # far more entries than the previous chunk predicted: count by passes
-            first_gathered = width
-        else:
-            counts[first_gathered:] = gathered.T
-    _count_by_passes(sims, thresholds, widths, first_gathered, scratch, counts)
-    counts = counts.T.long()
-    plan.record(counts, sims.numel())
-    return counts
+    num_rows, width = thresholds.shape
+    blocks = sims.view(-1, _BLOCK_ITEMS)
+    num_blocks = len(blocks) // num_rows
+    block_max = blocks.amax(1).view(num_rows, num_blocks)
+    reach = torch.searchsorted(thresholds, block_max, right=True)  # thresholds <= the block's max
+    candidate_rows, candidate_blocks = reach.nonzero().unbind(1)
+    candidates = candidate_rows * num_blocks + candidate_blocks
+    reach, by_reach = reach.view(-1).index_select(0, candidates).sort(descending=True, stable=True)
+    candidates, candidate_rows = (
+        candidates.index_select(0, by_reach),
+        candidate_rows.index_select(0, by_reach),
+    )
+    gathered = blocks.index_select(0, candidates).add_(0.0)  # -0.0 + 0.0 = +0.0, and -0.0 == +0.0
+    # prefix[j] = candidate blocks that reach the j-th threshold of their row
+    prefix = torch.bincount(reach, minlength=width + 1).flip(0).cumsum(0).flip(0)[1:].tolist()
 
-
-def _count_by_passes(
-    sims: Tensor, thresholds: Tensor, widths: list[int], stop: int, scratch: _Scratch, counts: Tensor
-) -> None:
-    """``counts[j, r]`` for thresholds ``j < stop``: one comparison pass per threshold.
-
-    Blocks of rows small enough to stay in cache are compared with all their thresholds in turn, which is
-    several times faster than sweeping the whole chunk once per threshold (see ``_Scratch`` for when not).
-    """
+    counts = torch.zeros(num_rows, width, dtype=torch.int32, device=sims.device)
+    # (0-dimensional tensors: Python numbers would be converted on every call)
+    sign_shift = torch.tensor(torch.finfo(sims.dtype).bits - 1, device=sims.device)
+    block_items = torch.tensor(_BLOCK_ITEMS, dtype=torch.int32, device=sims.device)
     started, compared = time.perf_counter(), 0
     begin = 0
-    while begin < len(widths):
-        end = min(begin + scratch.block_rows, len(widths))
-        rows, mask = sims[begin:end], scratch.block[: end - begin]
-        passes = min(stop, widths[end - 1])
-        for j in range(passes):
-            torch.ge(rows, thresholds[begin:end, j : j + 1], out=mask)
-            torch.sum(mask, 1, dtype=counts.dtype, out=counts[j, begin:end])
+    while begin < len(gathered):
+        end = min(begin + (scratch.step_blocks or len(gathered)), len(gathered))
+        step_rows = candidate_rows[begin:end]
+        step_thresholds = thresholds.index_select(0, step_rows)
+        step_counts = torch.zeros(width, end - begin, dtype=torch.int32, device=sims.device)
+        difference = scratch.difference(end - begin)
+        signs = difference.view(_INTEGER_VIEW[sims.dtype])
+        for j in range(width):
+            n = min(prefix[j], end) - begin
+            if n <= 0:
+                break
+            torch.sub(gathered[begin : begin + n], step_thresholds[:n, j : j + 1], out=difference[:n])
+            signs[:n].bitwise_right_shift_(sign_shift)
+            torch.sum(signs[:n], 1, dtype=torch.int32, out=step_counts[j, :n]).add_(block_items)
+            compared += n * _BLOCK_ITEMS
+        counts.index_add_(0, step_rows, step_counts.T)
         begin = end
         if scratch.watch:
-            compared += rows.numel() * passes
             seconds = time.perf_counter() - started
             if compared >= _STALL_CHECK_ENTRIES and seconds > _STALLED_SECONDS_PER_ENTRY * compared:
                 scratch.serialise()
-
-
-def _count_on_candidates(sims: Tensor, thresholds: Tensor, flags: Tensor, max_share: float) -> Tensor | None:
-    """``counts[r, t]`` = entries of ``sims[r]`` that are ``>= thresholds[r, t]``, from the gathered entries
-    ``>= thresholds[r, 0]`` alone. ``flags`` is a boolean scratch buffer shaped like ``sims``.
-
-    Returns None, having counted nothing, when more than ``max_share`` of the entries would be gathered.
-    """
-    num_rows, num_gallery = sims.shape
-    width = thresholds.shape[1]
-    flat = torch.ge(sims, thresholds[:, :1], out=flags).view(-1).nonzero().squeeze(1)
-    if len(flat) > max_share * sims.numel():
-        return None
-    rows = torch.div(flat, num_gallery, rounding_mode="floor")
-    values = sims.view(-1).index_select(0, flat)
-    higher = thresholds[:, 1:]
-    # histogram[r, t] = gathered entries of row r at or above exactly t of its higher thresholds
-    histogram = torch.zeros(num_rows * width, dtype=torch.int64, device=sims.device)
-    step = max(1, _CANDIDATE_BLOCK // width)
-    for begin in range(0, len(flat), step):
-        block_rows = rows[begin : begin + step]
-        passed = torch.searchsorted(
-            higher.index_select(0, block_rows), values[begin : begin + step, None], right=True
-        ).squeeze(1)
-        histogram += torch.bincount(block_rows * width + passed, minlength=len(histogram))
-    # at or above threshold t  <=>  at or above at least t of the higher ones (all are above the lowest)
-    return histogram.view(num_rows, width).flip(1).cumsum(1).flip(1)
+    return counts.long()
 
 
 @dataclass(frozen=True)

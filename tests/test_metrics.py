@@ -64,16 +64,30 @@ def four_hot(num, dim=10, seed=0):
     return features
 
 
-@pytest.fixture(params=["default", "passes only", "gather at once"])
+@pytest.fixture(params=["default", "small blocks, many steps", "serial steps", "gallery as given"])
 def counting_strategy(request, monkeypatch):
     """Force each way of counting: the results must not depend on it."""
-    if request.param == "passes only":
-        monkeypatch.setattr(metrics_module, "_GATHER_FIXED_COST", math.inf)
-    elif request.param == "gather at once":
-        monkeypatch.setattr(metrics_module, "_GATHER_FIXED_COST", 0.0)
-        monkeypatch.setattr(metrics_module, "_GATHER_COST_PER_THRESHOLD", 0.0)
-        monkeypatch.setattr(metrics_module, "_GATHER_ITEM_COST", 1e-9)
-        monkeypatch.setattr(metrics_module, "_CANDIDATE_BLOCK", 3)  # several candidate blocks per chunk
+    if request.param == "small blocks, many steps":
+        # Blocks of 4 items (the small galleries here get padded, reordered and split into many candidates),
+        # and steps of 2 blocks: every prefix boundary falls inside or between steps.
+        monkeypatch.setattr(metrics_module, "_BLOCK_ITEMS", 4)
+        monkeypatch.setattr(metrics_module, "_ORDER_CENTRES", 5)
+        monkeypatch.setattr(metrics_module, "_PASS_STEP_ENTRIES", 8)
+    elif request.param == "serial steps":
+        # What a busy machine switches to: steps of the serial size from the start.
+        monkeypatch.setattr(metrics_module, "_BLOCK_ITEMS", 8)
+        monkeypatch.setattr(metrics_module, "_SERIAL_STEP_ENTRIES", 24)
+
+        class WatchedScratch(metrics_module._Scratch):
+            def __init__(self, *args):
+                super().__init__(*args)
+                self.watch = True
+
+        monkeypatch.setattr(metrics_module, "_Scratch", WatchedScratch)
+        monkeypatch.setattr(metrics_module, "_STALL_CHECK_ENTRIES", 0)
+        monkeypatch.setattr(metrics_module, "_STALLED_SECONDS_PER_ENTRY", 0.0)
+    elif request.param == "gallery as given":
+        monkeypatch.setattr(metrics_module, "_similarity_order", lambda gallery: torch.arange(len(gallery)))
     return request.param
 
 
@@ -157,28 +171,18 @@ def test_matches_plain_ranking_with_many_ties(chunk_size, counting_strategy):
     assert_same_scores(retrieval_metrics(*data, chunk_size=chunk_size), plain_metrics(*data))
 
 
-def test_a_chunk_unlike_the_previous_one_falls_back_to_passes(monkeypatch):
-    # Gathering is made cheap unless more than 40% of a chunk qualifies. Chunks of 8 queries: the first is
-    # counted by passes, the second (like it) by gathering, the third (queries pointing away from their
-    # identity: every entry qualifies) plans to gather and must fall back to passes.
-    monkeypatch.setattr(metrics_module, "_GATHER_FIXED_COST", 0.0)
-    monkeypatch.setattr(metrics_module, "_GATHER_COST_PER_THRESHOLD", 0.0)
-    monkeypatch.setattr(metrics_module, "_GATHER_ITEM_COST", 30.0)
-    outcomes = []
-    count_on_candidates = metrics_module._count_on_candidates
-
-    def spy(*args, **kwargs):
-        counts = count_on_candidates(*args, **kwargs)
-        outcomes.append(counts is not None)
-        return counts
-
-    monkeypatch.setattr(metrics_module, "_count_on_candidates", spy)
-    # 12 identities with 12 gallery items each: every query has 12 matches, so the query order is kept.
-    queries, query_pids, gallery, gallery_pids = clustered(num_queries=24, num_gallery=144, seed=10)
-    queries[16:] = -queries[16:]
-    scores = retrieval_metrics(queries, query_pids, gallery, gallery_pids, chunk_size=8)
-    assert outcomes == [True, False]
-    assert_same_scores(scores, plain_metrics(queries, query_pids, gallery, gallery_pids))
+def test_counting_reads_negative_zero_as_equal_to_zero():
+    # The counting passes read sign bits, and -0.0 has its sign bit set although -0.0 >= +0.0.
+    block = metrics_module._BLOCK_ITEMS
+    sims = torch.full((2, 2 * block), -1.0)
+    sims[0, :3] = torch.tensor([-0.0, 0.0, 0.5])
+    sims[1, block : block + 2] = torch.tensor([-0.0, -0.0])
+    thresholds = torch.tensor([[0.0, 0.5], [-0.0, 0.0]])
+    counts = metrics_module._count_at_least(
+        sims, thresholds, metrics_module._Scratch(torch.float32, sims.device)
+    )
+    assert counts.tolist() == [[3, 1], [2, 2]]
+    assert counts.tolist() == (sims[:, None, :] >= thresholds[:, :, None]).sum(2).tolist()
 
 
 def test_float32_single_chunk_matches_plain_ranking():
