@@ -12,8 +12,10 @@ nothing is sorted: queries are taken in chunks, each chunk's similarities to the
 and the rank of a match is the number of gallery items scoring at least as high as it. Those counts come from
 comparison passes, one per match score, over the blocks of gallery items whose highest similarity reaches that
 score: the gallery is put in an order where similar items are neighbours, so that for ranks of features that
-separate identities these are a few percent of the chunk. Time stays close to that of the similarity matmul
-itself and memory to one chunk (``benchmarks/retrieval_metrics.py``, ``docs/benchmarks.md``).
+separate identities these are a few percent of the chunk (when most blocks reach, as for an untrained model,
+whole rows are compared instead). Time stays close to that of the similarity matmul itself for a trained model,
+within about 3x of it for an untrained one, and memory to one chunk (``benchmarks/retrieval_metrics.py``,
+``docs/benchmarks.md``).
 
 Ties (equal similarities) are ranked pessimistically: a non-matching item that scores exactly as high as a match
 is placed before it. This equals a full stable sort by (similarity descending, non-matches first), makes the
@@ -61,7 +63,11 @@ _ORDER_STEPS = 10
 _PASS_STEP_ENTRIES = 1 << 17
 _STALLED_SECONDS_PER_ENTRY = 1.5e-9
 _STALL_CHECK_ENTRIES = 1 << 22
-# torch runs element-wise operations on fewer entries than this on the calling thread only.
+# When the candidate blocks would take more than this share of the comparisons of all blocks with all
+# thresholds, every row is compared in place instead (no gathering).
+_DENSE_SHARE = 0.5
+# torch runs element-wise operations and reductions on fewer entries than this (its GRAIN_SIZE) on the calling
+# thread only; at exactly this many it starts a parallel section.
 _SERIAL_STEP_ENTRIES = 1 << 15
 # The signed integer type whose bits a pass reads the sign of (see _count_at_least).
 _INTEGER_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
@@ -263,7 +269,7 @@ class _Scratch:
         return self._difference[: blocks * _BLOCK_ITEMS].view(blocks, _BLOCK_ITEMS)
 
     def serialise(self) -> None:
-        self.step_blocks = max(1, _SERIAL_STEP_ENTRIES // _BLOCK_ITEMS)
+        self.step_blocks = max(1, (_SERIAL_STEP_ENTRIES - 1) // _BLOCK_ITEMS)
         self.watch = False
 
 
@@ -298,11 +304,16 @@ def _count_at_least(sims: Tensor, thresholds: Tensor, scratch: _Scratch) -> Tens
         candidates.index_select(0, by_reach),
         candidate_rows.index_select(0, by_reach),
     )
-    gathered = blocks.index_select(0, candidates).add_(0.0)  # -0.0 + 0.0 = +0.0, and -0.0 == +0.0
     # prefix[j] = candidate blocks that reach the j-th threshold of their row
     prefix = torch.bincount(reach, minlength=width + 1).flip(0).cumsum(0).flip(0)[1:].tolist()
+    if sum(prefix) > _DENSE_SHARE * len(blocks) * width:
+        # Most blocks hold entries to count (features that do not separate identities yet): gathering them
+        # would copy most of the chunk for nothing, so the rows are compared in place.
+        return _count_rows_at_least(sims, thresholds, scratch)
+    gathered = blocks.index_select(0, candidates).add_(0.0)  # -0.0 + 0.0 = +0.0, and -0.0 == +0.0
 
-    counts = torch.zeros(num_rows, width, dtype=torch.int32, device=sims.device)
+    # candidate_counts[j, c]: entries of candidate block c at or above its row's j-th threshold
+    candidate_counts = torch.zeros(width, len(gathered), dtype=torch.int32, device=sims.device)
     # (0-dimensional tensors: Python numbers would be converted on every call)
     sign_shift = torch.tensor(torch.finfo(sims.dtype).bits - 1, device=sims.device)
     block_items = torch.tensor(_BLOCK_ITEMS, dtype=torch.int32, device=sims.device)
@@ -310,9 +321,8 @@ def _count_at_least(sims: Tensor, thresholds: Tensor, scratch: _Scratch) -> Tens
     begin = 0
     while begin < len(gathered):
         end = min(begin + (scratch.step_blocks or len(gathered)), len(gathered))
-        step_rows = candidate_rows[begin:end]
-        step_thresholds = thresholds.index_select(0, step_rows)
-        step_counts = torch.zeros(width, end - begin, dtype=torch.int32, device=sims.device)
+        step_thresholds = thresholds.index_select(0, candidate_rows[begin:end])
+        step_counts = candidate_counts[:, begin:end]
         difference = scratch.difference(end - begin)
         signs = difference.view(_INTEGER_VIEW[sims.dtype])
         for j in range(width):
@@ -323,13 +333,51 @@ def _count_at_least(sims: Tensor, thresholds: Tensor, scratch: _Scratch) -> Tens
             signs[:n].bitwise_right_shift_(sign_shift)
             torch.sum(signs[:n], 1, dtype=torch.int32, out=step_counts[j, :n]).add_(block_items)
             compared += n * _BLOCK_ITEMS
-        counts.index_add_(0, step_rows, step_counts.T)
         begin = end
         if scratch.watch:
             seconds = time.perf_counter() - started
             if compared >= _STALL_CHECK_ENTRIES and seconds > _STALLED_SECONDS_PER_ENTRY * compared:
                 scratch.serialise()
-    return counts.long()
+    counts = torch.zeros(num_rows, width, dtype=torch.int32, device=sims.device)
+    return counts.index_add_(0, candidate_rows, candidate_counts.T).long()
+
+
+def _count_rows_at_least(sims: Tensor, thresholds: Tensor, scratch: _Scratch) -> Tensor:
+    """`_count_at_least` by comparing every entry of ``sims`` with every threshold of its row.
+
+    The same comparisons as there (subtract, sign shift, sum), on consecutive rows of ``sims`` in place, a few
+    cache-sized steps at a time; the rows' ``-0.0`` entries become ``+0.0`` (which compares the same).
+    """
+    num_rows, row_entries = sims.shape
+    width = thresholds.shape[1]
+    counts = torch.zeros(width, num_rows, dtype=torch.int32, device=sims.device)
+    sign_shift = torch.tensor(torch.finfo(sims.dtype).bits - 1, device=sims.device)
+    row_items = torch.tensor(row_entries, dtype=torch.int32, device=sims.device)
+    started, compared = time.perf_counter(), 0
+    begin = 0
+    while begin < num_rows:
+        step_rows = (
+            num_rows
+            if scratch.step_blocks is None
+            else max(1, scratch.step_blocks * _BLOCK_ITEMS // row_entries)
+        )
+        end = min(begin + step_rows, num_rows)
+        rows = sims[begin:end].add_(0.0)
+        difference = scratch.difference((end - begin) * row_entries // _BLOCK_ITEMS).view(
+            end - begin, row_entries
+        )
+        signs = difference.view(_INTEGER_VIEW[sims.dtype])
+        for j in range(width):
+            torch.sub(rows, thresholds[begin:end, j : j + 1], out=difference)
+            signs.bitwise_right_shift_(sign_shift)
+            torch.sum(signs, 1, dtype=torch.int32, out=counts[j, begin:end]).add_(row_items)
+        compared += rows.numel() * width
+        begin = end
+        if scratch.watch:
+            seconds = time.perf_counter() - started
+            if compared >= _STALL_CHECK_ENTRIES and seconds > _STALLED_SECONDS_PER_ENTRY * compared:
+                scratch.serialise()
+    return counts.T.long()
 
 
 @dataclass(frozen=True)

@@ -64,16 +64,28 @@ def four_hot(num, dim=10, seed=0):
     return features
 
 
-@pytest.fixture(params=["default", "small blocks, many steps", "serial steps", "gallery as given"])
+@pytest.fixture(
+    params=[
+        "default",
+        "small blocks, many steps",
+        "serial steps",
+        "gallery as given",
+        "rows in place, serial",
+    ]
+)
 def counting_strategy(request, monkeypatch):
     """Force each way of counting: the results must not depend on it."""
+    # Gathered candidate blocks, except where the rows are compared in place.
+    if request.param != "default":
+        dense_share = 0.0 if request.param.startswith("rows in place") else float("inf")
+        monkeypatch.setattr(metrics_module, "_DENSE_SHARE", dense_share)
     if request.param == "small blocks, many steps":
         # Blocks of 4 items (the small galleries here get padded, reordered and split into many candidates),
         # and steps of 2 blocks: every prefix boundary falls inside or between steps.
         monkeypatch.setattr(metrics_module, "_BLOCK_ITEMS", 4)
         monkeypatch.setattr(metrics_module, "_ORDER_CENTRES", 5)
         monkeypatch.setattr(metrics_module, "_PASS_STEP_ENTRIES", 8)
-    elif request.param == "serial steps":
+    elif request.param in ("serial steps", "rows in place, serial"):
         # What a busy machine switches to: steps of the serial size from the start.
         monkeypatch.setattr(metrics_module, "_BLOCK_ITEMS", 8)
         monkeypatch.setattr(metrics_module, "_SERIAL_STEP_ENTRIES", 24)
@@ -171,8 +183,10 @@ def test_matches_plain_ranking_with_many_ties(chunk_size, counting_strategy):
     assert_same_scores(retrieval_metrics(*data, chunk_size=chunk_size), plain_metrics(*data))
 
 
-def test_counting_reads_negative_zero_as_equal_to_zero():
+@pytest.mark.parametrize("dense_share", [float("inf"), 0.0], ids=["gathered blocks", "rows in place"])
+def test_counting_reads_negative_zero_as_equal_to_zero(dense_share, monkeypatch):
     # The counting passes read sign bits, and -0.0 has its sign bit set although -0.0 >= +0.0.
+    monkeypatch.setattr(metrics_module, "_DENSE_SHARE", dense_share)
     block = metrics_module._BLOCK_ITEMS
     sims = torch.full((2, 2 * block), -1.0)
     sims[0, :3] = torch.tensor([-0.0, 0.0, 0.5])
