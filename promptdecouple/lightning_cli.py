@@ -8,6 +8,7 @@ to the run's own folder; the closing table says what the metrics were computed o
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -258,9 +259,58 @@ class PromptDecoupleCLI(LightningCLI):
             value, chance = summary.metrics[name], summary.chance[name]
             table.add_row(name, f"{value:.2f}", f"{chance:.2f}", f"{value / chance:.1f}")
         console.print(table)
-        console.print(self._selection_note(prefix), highlight=False, soft_wrap=True)
-        for line in _data_notes(data):
+        selection = self._selection_note(prefix)
+        console.print(selection, highlight=False, soft_wrap=True)
+        notes = _data_notes(data)
+        for line in notes:
             console.print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
+        path = write_final_metrics(
+            self._run_folder(),
+            self.subcommand,
+            {
+                "subcommand": self.subcommand,
+                "dataset": data.layout.title,
+                "split": split,
+                "partial": summary.partial,
+                "num_queries": summary.num_queries,
+                "num_gallery": summary.num_gallery,
+                "num_unmatched_queries": summary.num_unmatched_queries,
+                "total_queries": summary.total_queries,
+                "total_gallery": summary.total_gallery,
+                "metrics": summary.metrics,
+                "chance": summary.chance,
+                # fit: how far this run trained; validate/test: the step of the checkpoint evaluated
+                "global_step": self.trainer.global_step
+                if self.subcommand == "fit" or self.checkpoint is None
+                else self.checkpoint.get("global_step"),
+                "epochs_trained": self.trainer.current_epoch if self.subcommand == "fit" else None,
+                "stage": self.model.stage,
+                "seed": self.config[self.subcommand].get("seed_everything"),
+                "checkpoint": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
+                "checkpoint_selection": selection,
+                "best_checkpoints": [
+                    {
+                        "monitor": callback.monitor,
+                        "path": callback.best_model_path or None,
+                        "score": None
+                        if callback.best_model_score is None
+                        else float(callback.best_model_score),
+                    }
+                    for callback in self.trainer.checkpoint_callbacks
+                    if self.subcommand == "fit" and getattr(callback, "monitor", None)
+                ],
+                "data_notes": notes,
+            },
+        )
+        console.print(f"final metrics: {path}", highlight=False, soft_wrap=True)
+
+    def _run_folder(self) -> Path:
+        """The folder the resolved config went to (so both files sit together), else `run_folder`."""
+        for callback in self.trainer.callbacks:
+            saved = getattr(callback, "saved_path", None)
+            if isinstance(callback, SaveConfigToRunFolder) and saved is not None:
+                return Path(saved).parent
+        return run_folder(self.trainer)
 
     def _selection_note(self, prefix: str) -> str:
         """Which split chose the checkpoints (after fit) or the evaluated checkpoint (validate, test)."""
@@ -300,6 +350,26 @@ class SaveConfigToRunFolder(SaveConfigCallback):
         self.parser.save(self.config, str(path), skip_unset=False, overwrite=False, multifile=self.multifile)
         self.saved_path = path
         Console().print(f"config: {path}", highlight=False, soft_wrap=True)
+
+
+def write_final_metrics(folder: Path, subcommand: str, record: dict) -> Path:
+    """Write a run's closing metrics to ``<folder>/metrics-<subcommand>.json``, never over a file.
+
+    The record says what was scored (split, counts, partial), the metrics and chance on exactly those
+    items, the epoch, step and stage of the model scored, the seed and the checkpoint, so that runs
+    can be compared from their folders without W&B. A second evaluation in the same folder gets
+    ``metrics-<subcommand>-1.json``, and so on.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"metrics-{subcommand}.json"
+    number = 0
+    while path.exists():
+        number += 1
+        path = folder / f"metrics-{subcommand}-{number}.json"
+    with open(path, "x", encoding="utf-8") as file:
+        json.dump(record, file, indent=2)
+        file.write("\n")
+    return path
 
 
 def run_folder(trainer: L.Trainer) -> Path:

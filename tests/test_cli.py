@@ -18,6 +18,7 @@ from PIL import Image
 from promptdecouple.cli import PromptDecoupleCLI, main
 from promptdecouple.data import TIReIDDataModule
 from promptdecouple.demo import DemoAssets
+from promptdecouple.lightning_cli import write_final_metrics
 from promptdecouple.module import PromptDecoupleModule
 
 SYNTH = [
@@ -236,6 +237,12 @@ def test_fit_validate_and_test_from_a_config(tmp_path, tiny_clip_dir, capsys):
     assert checkpoint["promptdecouple"]["stage"] in (1, 2)
     data = TIReIDDataModule("rstpreid", data_root, tokenizer=str(clip_dir))
     assert checkpoint["hyper_parameters"]["num_classes"] == data.num_classes  # linked from the data
+    (record_path,) = (tmp_path / "runs").rglob("metrics-fit.json")  # beside the run's config
+    assert (record_path.parent / "config.yaml").is_file()
+    record = json.loads(record_path.read_text())
+    assert record["split"] == "val" and record["epochs_trained"] == 2 and record["seed"] == 0
+    assert record["best_checkpoints"][0]["monitor"] == "val/R1"
+    assert record["best_checkpoints"][0]["path"] == str(tmp_path / "ckpt" / "best.ckpt")
     config["trainer"].pop("logger")
     config["trainer"]["logger"] = False
     path.write_text(yaml.safe_dump(config))
@@ -452,6 +459,25 @@ def test_a_checkpoint_carries_the_settings_to_test_it(trained, tmp_path, monkeyp
     assert f"config: {tmp_path / 'lightning_logs' / 'version_0' / 'config.yaml'}" in out
     saved = yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text())
     assert saved["model"]["text_prompt_length"] == 2 and saved["data"]["root"] == str(root / "data")
+    # the closing metrics, beside the config, say what they were computed on
+    record = json.loads((tmp_path / "lightning_logs" / "version_0" / "metrics-test.json").read_text())
+    queries, gallery = TIReIDDataModule("rstpreid", root / "data", tokenizer=str(root / "clip")).eval_set(
+        "test"
+    )
+    assert record["subcommand"] == "test" and record["split"] == "test" and record["dataset"] == "RSTPReid"
+    assert record["partial"] is False
+    assert (record["num_queries"], record["num_gallery"]) == (len(queries), len(gallery))
+    r1_row = next(line for line in out.splitlines() if line.replace("│", " ").split()[:1] == ["R1"])
+    assert f"{record['metrics']['R1']:.2f}" in r1_row
+    assert record["checkpoint"] == str(root / "ckpt" / "epoch=1.ckpt") and record["stage"] == 2
+    assert f"final metrics: {tmp_path / 'lightning_logs' / 'version_0' / 'metrics-test.json'}" in out
+
+
+def test_final_metrics_never_replace_a_file(tmp_path):
+    first = write_final_metrics(tmp_path, "test", {"metrics": {"R1": 1.0}})
+    second = write_final_metrics(tmp_path, "test", {"metrics": {"R1": 2.0}})
+    assert (first.name, second.name) == ("metrics-test.json", "metrics-test-1.json")
+    assert json.loads(first.read_text())["metrics"]["R1"] == 1.0
 
 
 def test_a_partial_evaluation_is_labelled_with_what_it_scored(trained, capsys):
@@ -470,6 +496,23 @@ def test_a_partial_evaluation_is_labelled_with_what_it_scored(trained, capsys):
         in out
     )
     assert "trainer.limit_val_batches" in out and "not those of the split" in out
+    # test: the same label, and the metrics file says partial, with what was scored
+    queries, gallery = data.eval_set("test")
+    args = ["--trainer.limit_test_batches", "1", "--data.eval_batch_size", "3"]
+    assert (
+        main(["test", "--config", str(config), "--ckpt_path", str(root / "ckpt" / "epoch=1.ckpt"), *args])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert (
+        f"PARTIAL evaluation of the RSTPReid test split: 3 of {len(queries)} queries and 3 of {len(gallery)}"
+        in out
+    )
+    assert "trainer.limit_test_batches" in out
+    path = Path(out.split("final metrics: ")[1].split()[0])
+    record = json.loads(path.read_text())
+    assert record["partial"] is True and (record["num_queries"], record["num_gallery"]) == (3, 3)
+    assert (record["total_queries"], record["total_gallery"]) == (len(queries), len(gallery))
 
 
 @pytest.mark.slow
