@@ -3,7 +3,8 @@
 Beyond Lightning's CLI: the stage switch, the retrieval panel, preemption handling and the
 features writer are built in; a checkpoint's settings are the defaults of a run that names it and
 are checked against the given ones (`promptdecouple.checkpoint_settings`); the resolved config goes
-to the run's own folder; the closing table says what the metrics were computed on.
+to the run's own folder; the closing table says what the metrics were computed on, and the same goes
+to `metrics-<command>.json` beside the config.
 """
 
 from __future__ import annotations
