@@ -14,6 +14,7 @@ import torch
 import wandb
 import yaml
 from PIL import Image
+from tiny_configs import tiny_demo
 
 from promptdecouple.cli import PromptDecoupleCLI, main
 from promptdecouple.data import TIReIDDataModule
@@ -167,21 +168,6 @@ def test_shipped_configs_parse(config, capsys):
     assert printed["model"]["clip"]
     assert "num_classes" not in printed["model"]  # linked from the data at instantiation
     assert printed["trainer"]["max_epochs"] > printed["stage_switch"]["switch_epoch"]
-
-
-def tiny_demo(clip_dir: Path, data_root: Path) -> dict:
-    """A `demo:` config section for a tiny synthetic RSTPReid and a tiny random CLIP."""
-    return {
-        "clip_dir": str(clip_dir),
-        "data_root": str(data_root),
-        "dataset": "rstpreid",
-        "num_identities": 24,
-        "images_per_identity": 2,
-        "image_size": [64, 32],
-        "clip_width": 32,
-        "clip_layers": 2,
-        "clip_heads": 2,
-    }
 
 
 @pytest.mark.slow
@@ -480,35 +466,25 @@ def test_final_metrics_never_replace_a_file(tmp_path):
     assert json.loads(first.read_text())["metrics"]["R1"] == 1.0
 
 
-def test_a_partial_evaluation_is_labelled_with_what_it_scored(trained, capsys):
+@pytest.mark.parametrize(("command", "split"), [("validate", "val"), ("test", "test")])
+def test_a_partial_evaluation_is_labelled_with_what_it_scored(trained, capsys, command, split):
     root, config = trained
     data = TIReIDDataModule("rstpreid", root / "data", tokenizer=str(root / "clip"))
-    queries, gallery = data.eval_set("val")
+    queries, gallery = data.eval_set(split)
     capsys.readouterr()
-    args = ["--trainer.limit_val_batches", "1", "--data.eval_batch_size", "3"]
+    limit = f"limit_{split}_batches"
+    args = [f"--trainer.{limit}", "1", "--data.eval_batch_size", "3"]
     assert (
-        main(["validate", "--config", str(config), "--ckpt_path", str(root / "ckpt" / "epoch=1.ckpt"), *args])
+        main([command, "--config", str(config), "--ckpt_path", str(root / "ckpt" / "epoch=1.ckpt"), *args])
         == 0
     )
     out = capsys.readouterr().out
     assert (
-        f"PARTIAL evaluation of the RSTPReid val split: 3 of {len(queries)} queries and 3 of {len(gallery)}"
+        f"PARTIAL evaluation of the RSTPReid {split} split: 3 of {len(queries)} queries and 3 of {len(gallery)}"
         in out
     )
-    assert "trainer.limit_val_batches" in out and "not those of the split" in out
-    # test: the same label, and the metrics file says partial, with what was scored
-    queries, gallery = data.eval_set("test")
-    args = ["--trainer.limit_test_batches", "1", "--data.eval_batch_size", "3"]
-    assert (
-        main(["test", "--config", str(config), "--ckpt_path", str(root / "ckpt" / "epoch=1.ckpt"), *args])
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert (
-        f"PARTIAL evaluation of the RSTPReid test split: 3 of {len(queries)} queries and 3 of {len(gallery)}"
-        in out
-    )
-    assert "trainer.limit_test_batches" in out
+    assert f"trainer.{limit}" in out and "not those of the split" in out
+    # the metrics file says partial, with what was scored
     path = Path(out.split("final metrics: ")[1].split()[0])
     record = json.loads(path.read_text())
     assert record["partial"] is True and (record["num_queries"], record["num_gallery"]) == (3, 3)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_configs import tiny_demo
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -76,17 +77,7 @@ def test_reproduce_paper_runs_both_variants_per_seed_and_summarises_their_tests(
     configs.mkdir()
     clip_dir, data_root = tmp_path / "clip", tmp_path / "data"
     config = {
-        "demo": {
-            "clip_dir": str(clip_dir),
-            "data_root": str(data_root),
-            "dataset": "rstpreid",
-            "num_identities": 24,
-            "images_per_identity": 2,
-            "image_size": [64, 32],
-            "clip_width": 32,
-            "clip_layers": 2,
-            "clip_heads": 2,
-        },
+        "demo": tiny_demo(clip_dir, data_root),
         "trainer": {
             "accelerator": "cpu",
             "max_epochs": 3,
