@@ -89,6 +89,11 @@ def summarize(runs, pairs: list[tuple[str, str]]) -> dict:
             a, b = runs.get((dataset, first), {}), runs.get((dataset, second), {})
             common = sorted(set(a) & set(b))
             if len(common) < 2:
+                print(
+                    f"note: {dataset}: {first} - {second} not reported: {len(common)} seed(s) tested in both, "
+                    "a paired difference needs 2",
+                    file=sys.stderr,
+                )
                 continue
             part["differences"][f"{first} - {second}"] = {
                 "seeds": common,

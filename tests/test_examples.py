@@ -58,6 +58,16 @@ def test_the_summary_gives_means_spreads_and_the_paired_difference_with_its_inte
     assert "| two-stage - one-stage (paired, 95% CI) | 3 | +3.00 [+0.52, +5.48] |" in out
 
 
+def test_the_summary_says_when_a_requested_pair_cannot_be_compared(tmp_path, capsys):
+    _write(tmp_path, "rstpreid", "two-stage", 0, 50.0)
+    _write(tmp_path, "rstpreid", "one-stage", 0, 47.0)
+    _write(tmp_path, "rstpreid", "one-stage", 1, 48.0)
+    assert summarize_runs.main([str(tmp_path), "--pair", "two-stage", "one-stage"]) == 0
+    captured = capsys.readouterr()
+    assert "rstpreid: two-stage - one-stage not reported: 1 seed(s) tested in both" in captured.err
+    assert "(paired, 95% CI)" not in captured.out
+
+
 def test_the_summary_refuses_a_partial_evaluation_naming_its_file(tmp_path, capsys):
     _write(tmp_path, "rstpreid", "two-stage", 0, 50.0, partial=True)
     assert summarize_runs.main([str(tmp_path)]) == 2
