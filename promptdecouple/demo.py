@@ -1,8 +1,10 @@
-"""The demo's assets: a synthetic dataset and a small random CLIP, made on first use if absent.
+"""The demo's assets: a synthetic dataset made on first use, and a CLIP (shipped, or random made on first use).
 
 The shipped `examples/configs/demo.yaml` names them in its `demo:` section; the CLI calls
 `DemoAssets.ensure()` before it builds the data module and the model, so the first
-`promptdecouple fit --config examples/configs/demo.yaml` needs no download.
+`promptdecouple fit --config examples/configs/demo.yaml` needs no download. Its CLIP is the mini-CLIP
+that comes with the repository (`examples/miniworld_clip`, made by `benchmarks/miniworld/pretrain.py`);
+`pretrained_clip: false` makes a small random one instead.
 """
 
 from __future__ import annotations
@@ -15,12 +17,19 @@ from promptdecouple.data.synthetic import write_synthetic
 from promptdecouple.model.random_clip import write_random_clip
 
 
+class DemoAssetsError(FileNotFoundError):
+    """The demo's pretrained CLIP is not where the config says."""
+
+
 @dataclass
 class DemoAssets:
     """Where the demo's dataset and CLIP live, and how to make them when they are missing.
 
     Args:
-        clip_dir: directory of the random CLIP and its tokenizer.
+        clip_dir: directory of the CLIP and its tokenizer.
+        pretrained_clip: True: `clip_dir` holds a pretrained CLIP that comes with the project (never
+            written here; missing is an error saying how to get it back). False: a random CLIP of the
+            `clip_*` shape is written there if absent.
         data_root: dataset folder, written in the layout of `dataset`.
         dataset: "cuhk-pedes", "icfg-pedes" or "rstpreid" (the layout of the synthetic twin).
         num_identities: persons in the synthetic dataset.
@@ -35,6 +44,7 @@ class DemoAssets:
     """
 
     clip_dir: str = "artifacts/demo/clip"
+    pretrained_clip: bool = False
     data_root: str = "artifacts/demo/data"
     dataset: str = "cuhk-pedes"
     num_identities: int = 300
@@ -49,6 +59,14 @@ class DemoAssets:
     def ensure(self) -> None:
         """Write whichever of the two is missing; leave existing ones untouched."""
         clip_dir = Path(self.clip_dir)
+        if self.pretrained_clip and not (clip_dir / "config.json").is_file():
+            raise DemoAssetsError(
+                f"demo.clip_dir: {clip_dir} holds no CLIP (no config.json), and demo.pretrained_clip is true, so none "
+                "is made. The demo's mini-CLIP comes with the repository: restore it with "
+                "`git checkout -- examples/miniworld_clip`, or remake it (about 35 minutes on 2 cores) with "
+                "`python benchmarks/miniworld/pretrain.py --out examples/miniworld_clip`. Or set "
+                "demo.pretrained_clip false to train a small random CLIP."
+            )
         if not (clip_dir / "config.json").is_file():
             print(f"demo: writing a random CLIP to {clip_dir}")
             write_random_clip(

@@ -37,7 +37,7 @@ from promptdecouple.checkpoint_settings import (
 )
 from promptdecouple.data.annotations import AnnotationError
 from promptdecouple.data.datamodule import ImageFilesError, TIReIDDataModule
-from promptdecouple.demo import DemoAssets
+from promptdecouple.demo import DemoAssets, DemoAssetsError
 from promptdecouple.module import METRIC_NAMES, PromptDecoupleModule
 from promptdecouple.panels import RetrievalPanel
 from promptdecouple.predict_writer import FeatureWriter
@@ -51,12 +51,18 @@ def run_lightning(argv: list[str]) -> int:
     """`fit`, `validate`, `test`, `predict` through LightningCLI; returns the exit status.
 
     A run refused for its settings or its data (settings a checkpoint fixes, annotation entries with
-    problems, unusable images, an output file that exists) prints the reason and returns 2; a `fit` interrupted by SIGTERM
+    problems, unusable images, an output file that exists, the demo's pretrained CLIP missing) prints the reason and returns 2; a `fit` interrupted by SIGTERM
     returns 143 (see `PreemptionCheckpoint`).
     """
     try:
         PromptDecoupleCLI(args=argv)
-    except (CheckpointMismatchError, AnnotationError, ImageFilesError, FileExistsError) as error:
+    except (
+        CheckpointMismatchError,
+        AnnotationError,
+        ImageFilesError,
+        FileExistsError,
+        DemoAssetsError,
+    ) as error:
         Console(stderr=True).print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 2
     except SIGTERMException as interrupted:
@@ -103,6 +109,14 @@ class PromptDecoupleCLI(LightningCLI):
             type=DemoAssets | None,
             default=None,
             help="make the demo's synthetic dataset and random CLIP first, where they are missing",
+        )
+        parser.add_argument(
+            "--zero_shot",
+            type=bool,
+            default=False,
+            help="fit: first score the val split with the prompts switched off (the CLIP as given, before any "
+            "training); the closing table then shows it beside the last evaluation of each stage. Not with "
+            "--ckpt_path (the model is not yet the checkpoint's then); validate and test do not use it",
         )
         parser.link_arguments("data.image_size", "model.image_size")
         parser.link_arguments("data.text_length", "model.text_length")
@@ -212,6 +226,22 @@ class PromptDecoupleCLI(LightningCLI):
             for note in self._notes:
                 console.print(f"[cyan]resume:[/] {note}", highlight=False, soft_wrap=True)
 
+    def before_fit(self) -> None:
+        """With `zero_shot`: score the val split with the prompts off before training (a fresh fit only)."""
+        config = self.config.fit
+        if not config.get("zero_shot"):
+            return
+        if config.get("ckpt_path"):
+            if self.trainer.is_global_zero:
+                Console().print(
+                    "[yellow]note:[/] zero_shot: not scored, this fit resumes from a checkpoint",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            return
+        with self.model.clip.without_prompts():
+            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+
     def after_fit(self) -> None:
         self._report("val")
 
@@ -251,6 +281,9 @@ class PromptDecoupleCLI(LightningCLI):
                 "scored ones: they cannot be ranked and are not counted",
                 soft_wrap=True,
             )
+        stages = stage_evaluations(self.model.evaluation_history) if self.subcommand == "fit" else []
+        if stages:
+            console.print(stage_table(stages, split))
         table = Table()
         table.add_column("metric")
         table.add_column("model", justify="right")
@@ -301,6 +334,16 @@ class PromptDecoupleCLI(LightningCLI):
                     if self.subcommand == "fit" and getattr(callback, "monitor", None)
                 ],
                 "data_notes": notes,
+                "stages": [
+                    {
+                        "label": row["label"],
+                        "epochs_trained": row["epochs_trained"],
+                        "partial": row["summary"].partial,
+                        "metrics": row["summary"].metrics,
+                        "chance": row["summary"].chance,
+                    }
+                    for row in stages
+                ],
             },
         )
         console.print(f"final metrics: {path}", highlight=False, soft_wrap=True)
@@ -371,6 +414,45 @@ def write_final_metrics(folder: Path, subcommand: str, record: dict) -> Path:
         json.dump(record, file, indent=2)
         file.write("\n")
     return path
+
+
+def stage_evaluations(history: list[dict]) -> list[dict]:
+    """The rows of the closing "what each stage did" table, from `PromptDecoupleModule.evaluation_history`.
+
+    The zero-shot score (prompts off, before training) if there is one, then the last evaluation of
+    each stage this fit trained; each row has ``label``, ``epochs_trained`` and ``summary``. Empty
+    when there is nothing to set side by side (a single evaluation of a single stage).
+    """
+    rows = []
+    zero_shot = [entry for entry in history if not entry["prompts"] and not entry["fitting"]]
+    if zero_shot:
+        rows.append({"label": "zero-shot", "epochs_trained": 0, "summary": zero_shot[-1]["summary"]})
+    fitted = [entry for entry in history if entry["fitting"]]
+    for stage, label in ((1, "after stage 1"), (2, "after stage 2")):
+        last = [entry for entry in fitted if entry["stage"] == stage]
+        if last:
+            rows.append(
+                {"label": label, "epochs_trained": last[-1]["epoch"] + 1, "summary": last[-1]["summary"]}
+            )
+    return rows if len(rows) > 1 else []
+
+
+def stage_table(rows: list[dict], split: str) -> Table:
+    """The stage rows as a table: epochs trained, the metrics, R1 as a multiple of chance."""
+    table = Table(title=f"What each stage did ({split} split; zero-shot: the CLIP as given, prompts off)")
+    table.add_column("model")
+    table.add_column("epochs", justify="right")
+    for name in METRIC_NAMES:
+        table.add_column(name, justify="right")
+    table.add_column("R1 x chance", justify="right")
+    for row in rows:
+        summary = row["summary"]
+        label = row["label"] + (" PARTIAL" if summary.partial else "")
+        values = [f"{summary.metrics[name]:.2f}" for name in METRIC_NAMES]
+        table.add_row(
+            label, str(row["epochs_trained"]), *values, f"{summary.metrics['R1'] / summary.chance['R1']:.1f}"
+        )
+    return table
 
 
 def run_folder(trainer: L.Trainer) -> Path:

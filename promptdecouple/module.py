@@ -190,6 +190,10 @@ class PromptDecoupleModule(L.LightningModule):
         self.test_metrics = RetrievalMetrics(chunk_size=eval_chunk_size)
         self.last_evaluation: dict[str, EvaluationSummary] = {}
         """The latest evaluation per loop ("val", "test"): metrics, what was scored, chance."""
+        self.evaluation_history: list[dict] = []
+        """Every validation this process ran (not the sanity check), in order: ``epoch`` (the last one
+        trained), ``stage``, ``prompts`` (False inside `PromptedCLIP.without_prompts`), ``fitting`` and the
+        `EvaluationSummary` as ``summary``. Not saved in checkpoints."""
         self._tokenizer = None
         self._stage = 1
         self._restored_schedule: dict | None = None
@@ -335,6 +339,16 @@ class PromptDecoupleModule(L.LightningModule):
             total_gallery=totals[1],
         )
         self.last_evaluation[prefix] = summary
+        if prefix == "val":
+            self.evaluation_history.append(
+                {
+                    "epoch": self.current_epoch,
+                    "stage": self.stage,
+                    "prompts": self.clip.prompts_on,
+                    "fitting": self.trainer.state.fn == TrainerFn.FITTING,
+                    "summary": summary,
+                }
+            )
         logged = {f"{prefix}/{name}": value for name, value in summary.metrics.items()}
         logged[f"{prefix}/queries"] = float(summary.num_queries)
         logged[f"{prefix}/gallery"] = float(summary.num_gallery)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -168,6 +169,25 @@ def test_shipped_configs_parse(config, capsys):
     assert printed["model"]["clip"]
     assert "num_classes" not in printed["model"]  # linked from the data at instantiation
     assert printed["trainer"]["max_epochs"] > printed["stage_switch"]["switch_epoch"]
+
+
+def test_the_demo_refuses_a_missing_pretrained_clip_and_says_how_to_get_it(tmp_path, capsys):
+    config = yaml.safe_load((Path(__file__).parents[1] / "examples" / "configs" / "demo.yaml").read_text())
+    assert config["demo"]["pretrained_clip"] and config["model"]["clip"] == config["demo"]["clip_dir"]
+    missing = tmp_path / "no-clip"
+    args = ["fit", "--config", str(CONFIGS[[c.name for c in CONFIGS].index("demo.yaml")])]
+    args += [
+        "--demo.clip_dir",
+        str(missing),
+        "--model.clip",
+        str(missing),
+        "--demo.data_root",
+        str(tmp_path / "data"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "benchmarks/miniworld/pretrain.py" in err and "git checkout" in err
+    assert not missing.exists() and not (tmp_path / "data").exists()  # refused before anything was made
 
 
 @pytest.mark.slow
@@ -491,6 +511,62 @@ def test_a_partial_evaluation_is_labelled_with_what_it_scored(trained, capsys, c
     assert (record["total_queries"], record["total_gallery"]) == (len(queries), len(gallery))
 
 
+def test_zero_shot_is_scored_with_the_prompts_off_before_training_and_shown_beside_each_stage(
+    trained, tmp_path, capsys
+):
+    root, _ = trained
+    config = run_config(root)
+    config["trainer"]["default_root_dir"] = str(tmp_path / "runs")
+    config["trainer"]["callbacks"] = [checkpoint_callback(tmp_path / "ckpt")]
+    path = write_config(tmp_path / "fit.yaml", config)
+    capsys.readouterr()
+    assert main(["fit", "--config", str(path), "--zero_shot", "true"]) == 0
+    out = capsys.readouterr().out
+    assert "What each stage did (val split" in out and "zero-shot" in out
+    (record_path,) = (tmp_path / "runs").rglob("metrics-fit.json")
+    stages = json.loads(record_path.read_text())["stages"]
+    assert [(row["label"], row["epochs_trained"]) for row in stages] == [
+        ("zero-shot", 0),
+        ("after stage 1", 1),
+        ("after stage 2", 2),
+    ]
+    assert stages[-1]["metrics"] == json.loads(record_path.read_text())["metrics"]  # the last evaluation
+    # zero-shot is the CLIP as given: the same as a model without prompts, evaluated untrained
+    plain = PromptDecoupleModule(
+        clip=str(root / "clip"),
+        text_prompt_length=0,
+        vision_prompt_length=0,
+        image_size=(64, 32),
+        text_length=32,
+        stage1_losses=["itc"],
+        stage2_losses=["itc"],
+    )
+    data = TIReIDDataModule(
+        "rstpreid",
+        root / "data",
+        tokenizer=str(root / "clip"),
+        image_size=(64, 32),
+        text_length=32,
+        batch_size=8,
+        num_workers=0,
+    )
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(plain, datamodule=data)
+    assert stages[0]["metrics"] == pytest.approx(plain.last_evaluation["val"].metrics, abs=1e-4)
+    # scoring first changes nothing in training: the same weights as the run without it
+    trained_with = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    trained_without = torch.load(root / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    assert trained_with.keys() == trained_without.keys()
+    for name, value in trained_without.items():
+        assert torch.equal(trained_with[name], value), name
+    # a resumed fit is not the CLIP as given: said, and not scored
+    resume = ["--ckpt_path", str(root / "ckpt" / "epoch=0.ckpt"), "--zero_shot", "true"]
+    config["trainer"]["callbacks"] = [checkpoint_callback(tmp_path / "ckpt-resumed")]
+    assert main(["fit", "--config", str(write_config(tmp_path / "resume.yaml", config)), *resume]) == 0
+    out = capsys.readouterr().out
+    assert "zero_shot: not scored, this fit resumes from a checkpoint" in out
+    assert "zero-shot" not in out
+
+
 @pytest.mark.slow
 def test_the_resolved_config_never_replaces_a_file_of_the_user(trained, tmp_path, monkeypatch, capsys):
     root, _ = trained
@@ -628,7 +704,7 @@ def test_every_argument_of_fit_has_its_own_help():
     fields = {
         a.dest: a.help for a in demo._actions if a.dest.startswith("demo.") and not a.dest.endswith(".help")
     }
-    assert len(fields) == 11 and all(text and text.strip() for text in fields.values()), fields
+    assert len(fields) == 12 and all(text and text.strip() for text in fields.values()), fields
 
 
 @pytest.mark.slow

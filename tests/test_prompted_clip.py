@@ -59,6 +59,38 @@ def test_zero_prompts_reproduce_hf_image_features(tiny_clip_dir, attn):
         torch.testing.assert_close(model.encode_image(pixels), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_without_prompts_gives_the_clip_alone_and_then_the_prompts_again(tiny_clip_dir, padded):
+    hf = load_clip(tiny_clip_dir, "sdpa")
+    model = prompted(tiny_clip_dir, text_prompt_length=4, vision_prompt_length=3)
+    pixels = images()
+    ids, mask = padded["input_ids"], padded["attention_mask"]
+    with torch.no_grad():
+        prompted_text, prompted_image = model.encode_text(ids, mask), model.encode_image(pixels)
+        with model.without_prompts():
+            assert not model.prompts_on
+            torch.testing.assert_close(
+                model.encode_text(ids, mask),
+                hf.get_text_features(input_ids=ids, attention_mask=mask).pooler_output,
+                atol=1e-5,
+                rtol=1e-5,
+            )
+            torch.testing.assert_close(
+                model.encode_image(pixels),
+                hf.get_image_features(pixel_values=pixels).pooler_output,
+                atol=1e-5,
+                rtol=1e-5,
+            )
+        assert model.prompts_on
+        assert not torch.allclose(
+            prompted_text, hf.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+        )
+        torch.testing.assert_close(model.encode_text(ids, mask), prompted_text, atol=0, rtol=0)
+        torch.testing.assert_close(model.encode_image(pixels), prompted_image, atol=0, rtol=0)
+    with pytest.raises(RuntimeError), model.without_prompts():
+        raise RuntimeError("inside")
+    assert model.prompts_on  # switched back on after an error too
+
+
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_non_square_image_size_matches_hf_interpolation(tiny_clip_dir, attn):
     hf = load_clip(tiny_clip_dir, attn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
 
@@ -73,6 +74,7 @@ class PromptedCLIP(nn.Module):
         pretrained_side = clip.vision_model.config.image_size
         self.image_size = tuple(image_size) if image_size is not None else (pretrained_side, pretrained_side)
         self._resize_position_table(self.image_size)
+        self._prompts_on = True
 
     @property
     def embed_dim(self) -> int:
@@ -84,7 +86,7 @@ class PromptedCLIP(nn.Module):
     ) -> torch.Tensor:
         """Projected EOS features `(B, projection_dim)`, not normalised."""
         text = self.clip_model.text_model
-        n = self.text_prompts.length
+        n = self.text_prompts.length if self._prompts_on else 0
         hidden = text.embeddings(input_ids=input_ids)
         batch = hidden.shape[0]
         if n > 0:
@@ -94,7 +96,7 @@ class PromptedCLIP(nn.Module):
                 attention_mask = torch.cat([attention_mask[:, :1], prompt_mask, attention_mask[:, 1:]], dim=1)
         mask = _causal_mask(text.config, hidden, attention_mask)
         for index, layer in enumerate(text.encoder.layers):
-            if index > 0:
+            if index > 0 and n > 0:
                 prompts = self.text_prompts.at_layer(index, batch, hidden.dtype)
                 if prompts is not None:
                     hidden = _put_prompts(hidden, prompts, replace=n)
@@ -119,17 +121,35 @@ class PromptedCLIP(nn.Module):
         batch = patches.shape[0]
         cls = embeddings.class_embedding.expand(batch, 1, -1).to(patches.dtype)
         hidden = torch.cat([cls, patches], dim=1) + embeddings.position_embedding.weight.unsqueeze(0)
-        n = self.vision_prompts.length
+        n = self.vision_prompts.length if self._prompts_on else 0
         if n > 0:
             hidden = _put_prompts(hidden, self.vision_prompts.at_layer(0, batch, hidden.dtype), replace=0)
         hidden = vision.pre_layrnorm(hidden)
         for index, layer in enumerate(vision.encoder.layers):
-            if index > 0:
+            if index > 0 and n > 0:
                 prompts = self.vision_prompts.at_layer(index, batch, hidden.dtype)
                 if prompts is not None:
                     hidden = _put_prompts(hidden, prompts, replace=n)
             hidden = _run_layer(layer, hidden, None, causal=False)
         return self.clip_model.visual_projection(vision.post_layernorm(hidden[:, 0]))
+
+    @property
+    def prompts_on(self) -> bool:
+        """False inside `without_prompts()`: the towers then run as the CLIP alone."""
+        return self._prompts_on
+
+    @contextmanager
+    def without_prompts(self) -> Iterator[None]:
+        """Run both towers without their prompts inside the block: the features of the CLIP as given.
+
+        Zero-shot scoring of the pretrained CLIP with a model that has prompts (they stay as they are,
+        only unused). Not re-entrant across threads: it switches the whole module.
+        """
+        previous, self._prompts_on = self._prompts_on, False
+        try:
+            yield
+        finally:
+            self._prompts_on = previous
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each CLIP layer's activations in backward (less memory, about a third more compute)."""
