@@ -79,7 +79,8 @@ class PromptDecoupleCLI(LightningCLI):
       `preemption` adds `PreemptionCheckpoint` (a checkpoint and exit status 143 on SIGTERM);
       `predict_writer` adds `FeatureWriter` (`predict` writes the features to one file).
     - The module builds its own optimizer per stage (`auto_configure_optimizers=False`).
-    - An optional `demo:` section makes the demo's synthetic dataset and random CLIP if absent.
+    - An optional `demo:` section makes the demo's synthetic dataset (and a random CLIP, if asked) if absent;
+      `zero_shot` scores the CLIP as given before a fit trains it.
     - With `--ckpt_path`, the checkpoint's settings are the defaults and the given ones are checked
       against them (`promptdecouple.checkpoint_settings`): paths and runtime settings apply with a
       note, the others must match, all differences are listed at once before any work. (LightningCLI
@@ -108,7 +109,7 @@ class PromptDecoupleCLI(LightningCLI):
             "--demo",
             type=DemoAssets | None,
             default=None,
-            help="make the demo's synthetic dataset and random CLIP first, where they are missing",
+            help="make the demo's synthetic dataset (and a random CLIP, unless pretrained_clip) first, where missing",
         )
         parser.add_argument(
             "--zero_shot",

@@ -191,9 +191,10 @@ class PromptDecoupleModule(L.LightningModule):
         self.last_evaluation: dict[str, EvaluationSummary] = {}
         """The latest evaluation per loop ("val", "test"): metrics, what was scored, chance."""
         self.evaluation_history: list[dict] = []
-        """Every validation this process ran (not the sanity check), in order: ``epoch`` (the last one
-        trained), ``stage``, ``prompts`` (False inside `PromptedCLIP.without_prompts`), ``fitting`` and the
-        `EvaluationSummary` as ``summary``. Not saved in checkpoints."""
+        """Every validation this process ran (not the sanity check), in order: ``epoch`` (the trainer's
+        current epoch: during `fit`, the epoch just trained), ``stage``, ``prompts`` (False inside
+        `PromptedCLIP.without_prompts`), ``fitting`` (run by `fit`) and the `EvaluationSummary` as
+        ``summary``. Not saved in checkpoints."""
         self._tokenizer = None
         self._stage = 1
         self._restored_schedule: dict | None = None

@@ -568,6 +568,48 @@ def test_zero_shot_is_scored_with_the_prompts_off_before_training_and_shown_besi
 
 
 @pytest.mark.slow
+def test_zero_shot_under_ddp_is_the_single_process_score(trained, tmp_path):
+    root, _ = trained
+    config = run_config(root)
+    config["trainer"]["default_root_dir"] = str(tmp_path / "runs")
+    config["trainer"]["callbacks"] = []
+    config["data"]["global_batch_size"] = config["data"].pop("batch_size")
+    path = write_config(tmp_path / "fit.yaml", config)
+    extra = ["--zero_shot", "true", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    result = subprocess.run(
+        [sys.executable, "-m", "promptdecouple", "fit", "--config", str(path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record_path,) = (tmp_path / "runs").rglob("metrics-fit.json")
+    stages = json.loads(record_path.read_text())["stages"]
+    assert [row["label"] for row in stages] == ["zero-shot", "after stage 1", "after stage 2"]
+    assert stages[0]["partial"] is False
+    # the CLIP as given, scored in one process
+    model = PromptDecoupleModule(
+        clip=str(root / "clip"),
+        text_prompt_length=0,
+        vision_prompt_length=0,
+        image_size=(64, 32),
+        text_length=32,
+        stage1_losses=["itc"],
+        stage2_losses=["itc"],
+    )
+    data = TIReIDDataModule(
+        "rstpreid",
+        root / "data",
+        tokenizer=str(root / "clip"),
+        image_size=(64, 32),
+        text_length=32,
+        num_workers=0,
+    )
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(model, datamodule=data)
+    assert stages[0]["metrics"] == pytest.approx(model.last_evaluation["val"].metrics, abs=1e-4)
+
+
+@pytest.mark.slow
 def test_the_resolved_config_never_replaces_a_file_of_the_user(trained, tmp_path, monkeypatch, capsys):
     root, _ = trained
     monkeypatch.chdir(tmp_path)
