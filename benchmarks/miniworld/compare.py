@@ -32,8 +32,7 @@ interval. ``--plot FILE`` draws the study as an SVG (no plotting library needed)
     python benchmarks/miniworld/compare.py --clip artifacts/miniworld/clip --data artifacts/demo/data \
         --out benchmarks/miniworld/results [--seeds 5] [--epochs 6] [--switch 1 3] [--jobs 2]
 
-Runs go ``--jobs`` at a time, each in its own process with one thread (two small runs side by side use
-two cores better than one run with two threads).
+Runs go ``--jobs`` at a time, each in its own process with one thread and no loader workers.
 """
 
 from __future__ import annotations
@@ -285,6 +284,7 @@ def main() -> None:
     parser.add_argument("--switch", type=int, nargs=2, default=(1, 3), help="the two switch points A < B")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one process and thread each")
     parser.add_argument("--plot", type=Path, help="also draw the study as an SVG here")
+    parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = parser.parse_args()
 
     for path, what in ((Path(args.clip) / "config.json", "--clip"), (Path(args.data), "--data")):
@@ -350,6 +350,8 @@ def main() -> None:
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print_summary(results["test"])
+    if args.markdown:
+        print("\n" + markdown_tables(results["test"]) + "\n" + markdown_tables(results["val"]))
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         args.plot.write_text(draw_svg(results["test"]), encoding="utf-8")
@@ -368,7 +370,8 @@ def draw_svg(summary: dict, metric: str = "R1") -> str:
     values = [v for _, r in arms for v in r["per_seed"][metric]]
     low, high = math.floor(min(values) / 5) * 5, math.ceil(max(values) / 5) * 5
     spans = [abs(x) for d in differences.values() for x in d[metric]["ci95"]] or [1.0]
-    reach = max(2.0, math.ceil(max(spans)))
+    step = next(s for s in (1, 2, 5, 10, 20, 50) if max(spans) / s <= 4)
+    reach = step * max(1, math.ceil(max(spans) / step))
 
     def x_of(value: float) -> float:
         return left + (value - low) / (high - low) * width
@@ -388,7 +391,7 @@ def draw_svg(summary: dict, metric: str = "R1") -> str:
         x = x_of(tick)
         parts.append(f'<line x1="{x:.1f}" y1="{top - 12}" x2="{x:.1f}" y2="{height - 40}" stroke="#ddd"/>')
         parts.append(f'<text x="{x:.1f}" y="{height - 24}" text-anchor="middle">{tick}</text>')
-    for tick in range(-int(reach), int(reach) + 1, max(1, int(reach) // 4)):
+    for tick in range(-reach, reach + 1, step):
         x = dx_of(tick)
         colour = "#888" if tick == 0 else "#ddd"
         parts.append(
@@ -425,6 +428,33 @@ def draw_svg(summary: dict, metric: str = "R1") -> str:
     )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def markdown_tables(summary: dict) -> str:
+    """The study as two Markdown tables (arms; paired differences), for docs/evidence.md."""
+    lines = [
+        f"| arm ({summary['split']} split) | prompts | switch | epochs | seeds | R1 | mAP | mINP |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in summary["arms"].items():
+        cells = [f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" for m in ("R1", "mAP", "mINP")]
+        lines.append(
+            f"| `{name}` | {row['prompt_length']} | {row['switch_epoch']} | {row['epochs']} | {row['R1']['n']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "| paired difference (same seed) | R1 [95% CI] | mAP [95% CI] | seeds |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, found in summary["paired_differences"].items():
+        cells = [
+            f"{found[m]['mean']:+.2f} [{found[m]['ci95'][0]:+.2f}, {found[m]['ci95'][1]:+.2f}]"
+            for m in ("R1", "mAP")
+        ]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {found['R1']['n']} |")
+    return "\n".join(lines) + "\n"
 
 
 def print_summary(summary: dict) -> None:
