@@ -345,10 +345,11 @@ def main() -> None:
     sessions = [
         json.loads(line) for line in (out / "sessions.jsonl").read_text(encoding="utf-8").splitlines()
     ]
+    weights = Path(args.clip) / "model.safetensors"
     results = {
         "settings": {
             "clip": args.clip,
-            "clip_sha256": hashlib.sha256((Path(args.clip) / "model.safetensors").read_bytes()).hexdigest(),
+            "clip_sha256": hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None,
             "data": args.data,
             "seeds": args.seeds,
             "epochs": args.epochs,
