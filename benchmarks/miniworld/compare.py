@@ -436,7 +436,7 @@ def draw_svg(summary: dict, metric: str = "R1") -> str:
             )
             parts.append(f'<circle cx="{dx_of(d["mean"]):.1f}" cy="{y}" r="4" fill="#2ca02c"/>')
             parts.append(
-                f'<text x="{right_left + width + 4}" y="{y + 4}" font-size="10">{d["mean"]:+.1f}</text>'
+                f'<text x="{right_left + width + 4}" y="{y + 4}" font-size="10">{d["mean"]:+.2f}</text>'
             )
     parts.append(f'<text x="{left + width / 2}" y="{height - 6}" text-anchor="middle">{metric} (%)</text>')
     parts.append(
