@@ -101,7 +101,11 @@ def test_summary_and_plot_from_records():
     circles = svg.findall("{http://www.w3.org/2000/svg}circle")
     assert len(circles) == 1 + 3 + 3 + 1  # a dot per run, one per paired difference
     labels = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
-    assert "two_stage_s1" in labels and "+2.7" in labels
+    assert "two_stage_s1" in labels and "+2.67" in labels  # as the tables print it
+    table = compare.markdown_tables(summary)
+    assert "| `one_stage` | 0 | 0 | 4 | 3 | 62.00 ± 2.00 | 57.00 ± 2.00 | 57.00 ± 2.00 |" in table
+    assert "| `zero_shot` | 0 | 0 | 0 | 1 | 50.00 | 40.00 | 40.00 |" in table  # one seed: no spread
+    assert "| `two_stage_s1 - one_stage` | +2.67 [" in table
 
 
 @pytest.mark.slow

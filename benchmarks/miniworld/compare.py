@@ -300,12 +300,6 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = parser.parse_args()
 
-    for path, what in ((Path(args.clip) / "config.json", "--clip"), (Path(args.data), "--data")):
-        if not path.exists():
-            raise SystemExit(
-                f"{what}: {path} does not exist. Make the CLIP with benchmarks/miniworld/pretrain.py and the data "
-                "with `promptdecouple fit --config examples/configs/demo.yaml` (or `promptdecouple data synth`)."
-            )
     out = Path(args.out)
     arms = study_arms(args.epochs, tuple(args.switch))
     planned = [(arm, seed) for seed in range(args.seeds) for arm in arms if arm.epochs or seed == 0]
@@ -316,7 +310,13 @@ def main() -> None:
         f"{len(planned)} runs planned, {len(planned) - len(todo)} already in {out / 'runs'}, {len(todo)} to run"
     )
     started = time.perf_counter()
-    if todo:
+    if todo:  # the CLIP and the data are needed only to train; summarising reads the runs
+        for path, what in ((Path(args.clip) / "config.json", "--clip"), (Path(args.data), "--data")):
+            if not path.exists():
+                raise SystemExit(
+                    f"{what}: {path} does not exist. Make the CLIP with benchmarks/miniworld/pretrain.py and the data "
+                    "with `promptdecouple fit --config examples/configs/demo.yaml` (or `promptdecouple data synth`)."
+                )
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
             futures = {
@@ -453,7 +453,10 @@ def markdown_tables(summary: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in summary["arms"].items():
-        cells = [f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" for m in ("R1", "mAP", "mINP")]
+        cells = [  # one seed has no spread to show
+            f"{row[m]['mean']:.2f}" + (f" ± {row[m]['std']:.2f}" if row[m]["n"] > 1 else "")
+            for m in ("R1", "mAP", "mINP")
+        ]
         lines.append(
             f"| `{name}` | {row['prompt_length']} | {row['switch_epoch']} | {row['epochs']} | {row['R1']['n']} | "
             + " | ".join(cells)
