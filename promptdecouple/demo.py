@@ -63,7 +63,7 @@ class DemoAssets:
             raise DemoAssetsError(
                 f"demo.clip_dir: {clip_dir} holds no CLIP (no config.json), and demo.pretrained_clip is true, so none "
                 "is made. The demo's mini-CLIP comes with the repository: restore it with "
-                "`git checkout -- examples/miniworld_clip`, or remake it (about 35 minutes on 2 cores) with "
+                "`git checkout -- examples/miniworld_clip`, or remake it (about 35 minutes on 2 cores; equal up to float rounding) with "
                 "`python benchmarks/miniworld/pretrain.py --out examples/miniworld_clip`. Or set "
                 "demo.pretrained_clip false to train a small random CLIP."
             )

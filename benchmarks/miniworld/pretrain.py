@@ -15,8 +15,8 @@ photos of everything with short alt-text. This script makes the same situation a
 
 Then the gate: zero-shot (no prompts, no training on the target) text-to-image Rank-1 on the demo's val
 split must reach 5x chance. Every pretraining step draws its pairs from a pool of pre-rendered pictures
-with a fresh caption each time; the whole run is a function of ``--seed`` (bit for bit with the same torch
-build and thread count).
+with a fresh caption each time; the whole run is a function of ``--seed`` (a remake with the same torch build
+and thread count matched the loss curve and the zero-shot score, the weights to float32 rounding).
 
     python benchmarks/miniworld/pretrain.py --out artifacts/miniworld/clip [--steps 1500] [--batch 256]
 """
